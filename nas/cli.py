@@ -1,0 +1,129 @@
+"""``nas <stage> --config FILE [key=value ...] --out DIR``: one subcommand per pipeline stage."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .registry import ConfigError
+
+
+def _common(parser: argparse.ArgumentParser, out: bool = True) -> None:
+    parser.add_argument("--config", help="YAML config file (defaults come from the schema)")
+    if out:
+        parser.add_argument("--out", required=True, type=Path, help="output folder of this job")
+        parser.add_argument("--tracking-info", type=Path,
+                            help="tracking.json written by `nas tracking-init` (experiment and parent run)")
+        parser.add_argument("--tag", action="append", default=[], metavar="key=value",
+                            help="extra MLflow tag, e.g. rule=train_supernet (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nas", description=__doc__,
+        epilog="Any argument of the form key.sub=value overrides that config key, e.g. task.name=rot seed=1.")
+    stages = parser.add_subparsers(dest="stage", required=True, metavar="stage")
+
+    p = stages.add_parser("tracking-init", help="create the MLflow store, the study's experiment and parent run")
+    _common(p, out=False)
+    p.add_argument("--out", required=True, type=Path, help="tracking.json to write")
+
+    p = stages.add_parser("sample", help="N distinct architectures of a space, seeded")
+    _common(p)
+
+    p = stages.add_parser("train-supernet", help="single-path (SPOS) supernet training on any task")
+    _common(p)
+
+    p = stages.add_parser("score", help="supernet accuracy, RLNAS angle, params and FLOPs of listed architectures")
+    _common(p)
+    p.add_argument("--supernet", required=True, type=Path, help="output folder of train-supernet")
+    p.add_argument("--archs", required=True, type=Path, help="archs.json written by `nas sample`")
+
+    p = stages.add_parser("search", help="evolution or random search over a trained supernet")
+    _common(p)
+    p.add_argument("--supernet", required=True, type=Path, help="output folder of train-supernet")
+
+    p = stages.add_parser("train", help="stand-alone training of one architecture or a shard of several")
+    _common(p)
+    p.add_argument("--arch", action="append", help="architecture string (repeatable)")
+    p.add_argument("--archs", type=Path, help="archs.json (from sample) or topk.json (from search)")
+    p.add_argument("--shard", help="train only shard i of n of the listed architectures, as i/n")
+
+    p = stages.add_parser("describe", help="index, string, parameters and FLOPs of architectures, one JSON per line")
+    _common(p, out=False)
+    p.add_argument("--space", help="space name (overrides space.name)")
+    p.add_argument("--arch", action="append", help="architecture string (repeatable)")
+    p.add_argument("--all", action="store_true", help="every architecture of the space, in index order")
+    p.add_argument("--num-classes", type=int, required=True)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=32)
+    return parser
+
+
+def _parse_tags(items: Sequence[str]) -> dict[str, str]:
+    tags = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--tag {item!r} must look like key=value")
+        tags[key] = value
+    return tags
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    unknown = [r for r in rest if r.startswith("-") or "=" not in r]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (config overrides look like key.sub=value)")
+    args.overrides = rest
+    from . import stages
+    from .config import load_config
+    from .io import read_json
+
+    overrides = list(args.overrides)
+    if args.stage == "describe" and args.space:
+        overrides.append(f"space.name={args.space}")
+    cfg = load_config(args.config, overrides)
+    if args.stage == "describe":
+        for line in stages.describe(cfg["space"], args.arch, args.all, args.num_classes, args.in_channels,
+                                    args.image_size):
+            sys.stdout.write(line + "\n")
+        return 0
+    if args.stage == "tracking-init":
+        info = stages.tracking_init(cfg, args.out)
+        print(f"[nas] tracking store {info['uri']}, experiment {info['experiment']!r}, parent run {info['parent_run_id']}")
+        return 0
+    tracking_info = read_json(args.tracking_info) if args.tracking_info else None
+    tags = _parse_tags(args.tag)
+    if args.stage == "sample":
+        summary = stages.sample(cfg, args.out, tracking_info, tags)
+    elif args.stage == "train-supernet":
+        summary = stages.train_supernet(cfg, args.out, tracking_info, tags)
+    elif args.stage == "score":
+        summary = stages.score(cfg, args.out, args.supernet, args.archs, tracking_info, tags)
+    elif args.stage == "search":
+        summary = stages.search(cfg, args.out, args.supernet, tracking_info, tags)
+    else:
+        summary = stages.train(cfg, args.out, args.arch, args.archs, args.shard, tracking_info, tags)
+    print(f"[nas] {args.stage} complete: {args.out / stages.SUMMARY} ({summary['wall_seconds']:.1f} s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from .train import NonFiniteLoss
+
+    try:
+        code = run(argv)
+    except ConfigError as err:
+        print(f"nas: error: {err}", file=sys.stderr)
+        code = 2
+    except NonFiniteLoss as err:
+        print(f"nas: training failed: {err}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

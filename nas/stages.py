@@ -1,0 +1,374 @@
+"""The pipeline stages behind the CLI. Each ends by writing ``summary.json``, the file the next stage reads."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import yaml
+
+from .config import config_hash
+from .data import ImageData, load_dataset
+from .devices import select_device
+from .io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
+from .registry import ConfigError
+from .search import METHODS, AccuracyFitness, AngleFitness
+from .spaces import Arch, SearchSpace, build_space
+from .tasks import Task, build_task, check_task_on_dataset
+from .tracking import TrackedRun, init_store
+from .train import TaskModel, Trainer, seed_everything
+
+SUMMARY = "summary.json"
+# Config sections that define a supernet's weights; score/search must use the same ones.
+MODEL_SECTIONS = ("space", "dataset", "task", "seed")
+
+
+# ---- shared helpers -----------------------------------------------------------------------------
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def write_summary(out_dir: Path, stage: str, cfg: dict[str, Any], run: TrackedRun | None, started: float,
+                  metrics: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+    summary = {
+        "stage": stage,
+        "status": "complete",
+        "metrics": metrics,
+        "inputs": inputs,
+        "outputs": outputs,
+        "config_hash": config_hash(cfg),
+        "mlflow_run_id": run.run_id if run else None,
+        "tracking_uri": run.uri if run else None,
+        "wall_seconds": round(time.time() - started, 3),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    path = out_dir / SUMMARY
+    atomic_write_json(path, summary)
+    if run:
+        run.log_artifact(path)
+    return summary
+
+
+def read_summary(folder: str | Path, stage: str) -> dict[str, Any]:
+    path = Path(folder) / SUMMARY
+    if not path.is_file():
+        raise ConfigError(f"{str(path)!r} does not exist: the {stage} stage has not completed in {str(folder)!r}")
+    summary = read_json(path)
+    if summary.get("stage") != stage or summary.get("status") != "complete":
+        raise ConfigError(f"{str(path)!r} is not a completed {stage} summary (stage {summary.get('stage')!r})")
+    return summary
+
+
+def _setup(cfg: dict[str, Any]) -> torch.device:
+    if cfg["threads"]:
+        torch.set_num_threads(cfg["threads"])
+    seed_everything(cfg["seed"])
+    return select_device(cfg["device"])
+
+
+def _data_and_task(cfg: dict[str, Any], device: torch.device) -> tuple[ImageData, Task]:
+    check_task_on_dataset(cfg["task"]["name"], cfg["dataset"]["name"])
+    data = load_dataset(cfg["dataset"])
+    task = build_task(cfg["task"], data.info, cfg["seed"])
+    return data.to(device), task
+
+
+def _save_config(out_dir: Path, cfg: dict[str, Any]) -> None:
+    atomic_write_text(out_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=True))
+
+
+def _tags(cfg: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    return {"space": cfg["space"]["name"], "task": cfg["task"]["name"], "dataset": cfg["dataset"]["name"],
+            "seed": cfg["seed"], **extra}
+
+
+def _history_writer(path: Path, run: TrackedRun):
+    history: list[dict[str, Any]] = []
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        history.append(record)
+        write_table(path, history)
+        run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+
+    return on_epoch, history
+
+
+def _resume_and_fit(trainer: Trainer, run: TrackedRun, metrics_csv: Path) -> list[dict[str, Any]]:
+    on_epoch, history = _history_writer(metrics_csv, run)
+    trainer.on_epoch = on_epoch
+    if trainer.resume():
+        print(f"[nas] {trainer.label}: resuming after epoch {trainer.start_epoch} from {trainer.checkpoint}", flush=True)
+        for record in trainer.history:  # the new run carries the whole curve
+            on_epoch(record)
+    return trainer.fit()
+
+
+def read_archs(space: SearchSpace, path: str | Path) -> list[Arch]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"architecture file {str(file)!r} does not exist")
+    try:
+        content = read_json(file)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"architecture file {str(file)!r} is not valid JSON ({err})") from None
+    if content.get("space") != space.name:
+        raise ConfigError(f"architecture file {str(file)!r} is for space {content.get('space')!r}, not {space.name!r}")
+    return [space.from_str(item["arch"]) for item in content["archs"]]
+
+
+def _arch_rows(space: SearchSpace, archs: Iterable[Arch]) -> list[dict[str, Any]]:
+    return [{"index": space.to_index(a), "arch": space.to_str(a)} for a in archs]
+
+
+def shard_of(items: list[Any], shard: str | None) -> tuple[list[Any], int, int]:
+    if not shard:
+        return items, 0, 1
+    try:
+        index, count = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {shard!r} must look like i/n with 0 <= i < n") from None
+    if not 0 <= index < count:
+        raise ConfigError(f"--shard {shard!r} must look like i/n with 0 <= i < n")
+    size = math.ceil(len(items) / count)
+    return items[index * size:(index + 1) * size], index, count
+
+
+# ---- stages -------------------------------------------------------------------------------------
+def tracking_init(cfg: dict[str, Any], out_file: Path) -> dict[str, Any]:
+    return init_store(cfg, out_file)
+
+
+def sample(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
+    started = time.time()
+    space = build_space(cfg["space"])
+    count = cfg["sample"]["num_archs"]
+    rng = random.Random(cfg["seed"])
+    if cfg["sample"]["trainable_only"]:
+        pool = [i for i in range(space.num_archs()) if space.is_trainable(space.from_index(i))]
+        if count > len(pool):
+            raise ConfigError(f"config key 'sample.num_archs': {count} is more than the {len(pool)} trainable "
+                              f"architectures of space {space.name!r}")
+        archs = [space.from_index(i) for i in rng.sample(pool, count)]
+    else:
+        archs = space.sample_distinct(count, rng)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with TrackedRun(cfg, "sample", {"space": space.name, "seed": cfg["seed"], **tags}, out_dir, tracking_info) as run:
+        atomic_write_json(out_dir / "archs.json", {"space": space.name, "archs": _arch_rows(space, archs)})
+        run.log_artifact(out_dir / "archs.json")
+        run.log_metrics({"num_archs": len(archs)}, step=0)
+        return write_summary(out_dir, "sample", cfg, run, started, {"num_archs": len(archs)},
+                             {"space": cfg["space"], "seed": cfg["seed"]}, {"archs": str(out_dir / "archs.json")})
+
+
+def train_supernet(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
+    started = time.time()
+    device = _setup(cfg)
+    data, task = _data_and_task(cfg, device)
+    space = build_space(cfg["space"])
+    model = TaskModel(space.build_supernet(task.in_channels), task)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_config(out_dir, cfg)
+    init_path = out_dir / "weights_init.pt"
+    if not init_path.exists():  # W0: the weights before the first update (RLNAS angle)
+        atomic_torch_save(model.state_dict(), init_path)
+    identity = {"stage": "train-supernet", "space": cfg["space"], "task": cfg["task"], "dataset": cfg["dataset"],
+                "data": data.fingerprint, "seed": cfg["seed"], "training": cfg["supernet"]}
+    with TrackedRun(cfg, "train-supernet", _tags(cfg, tags), out_dir, tracking_info) as run:
+        trainer = Trainer(model, data, cfg["supernet"], device, out_dir / "checkpoint.pt", identity, cfg["seed"],
+                          path_sampler=space.sample, progress=cfg["progress"], label="supernet")
+        history = _resume_and_fit(trainer, run, out_dir / "metrics.csv")
+        atomic_torch_save(model.state_dict(), out_dir / "weights_final.pt")
+        final = history[-1] if history else {}
+        metrics = {k: v for k, v in final.items() if k != "epoch"}
+        return write_summary(out_dir, "train-supernet", cfg, run, started, {**metrics, "epochs": len(history)},
+                             {"dataset_fingerprint": data.fingerprint, "task": task.describe()},
+                             {"weights_init": str(init_path), "weights_final": str(out_dir / "weights_final.pt"),
+                              "metrics": str(out_dir / "metrics.csv")})
+
+
+def _load_supernet(cfg: dict[str, Any], supernet_dir: Path, device: torch.device):
+    summary = read_summary(supernet_dir, "train-supernet")
+    trained_cfg = yaml.safe_load((supernet_dir / "config.yaml").read_text())
+    differing = [s for s in MODEL_SECTIONS if trained_cfg.get(s) != cfg.get(s)]
+    if differing:
+        raise ConfigError(
+            f"supernet {str(supernet_dir)!r} was trained with other {', '.join(differing)} settings than this job "
+            f"(e.g. {differing[0]}: {trained_cfg.get(differing[0])!r} vs {cfg.get(differing[0])!r})"
+        )
+    data, task = _data_and_task(cfg, device)
+    space = build_space(cfg["space"])
+    models = {}
+    for which in ("init", "final"):
+        model = TaskModel(space.build_supernet(task.in_channels), task).to(device)
+        path = supernet_dir / f"weights_{which}.pt"
+        try:
+            state = torch.load(path, map_location=device, weights_only=True)
+            model.load_state_dict(state)
+        except Exception as err:
+            raise ConfigError(f"supernet weights {str(path)!r} cannot be loaded into a {space.name} supernet ({err})") from None
+        models[which] = model
+    inputs = {"supernet": str(supernet_dir), "supernet_run_id": summary["mlflow_run_id"]}
+    return data, task, space, models, inputs
+
+
+def score(cfg: dict[str, Any], out_dir: Path, supernet_dir: Path, archs_file: Path, tracking_info: dict | None,
+          tags: dict[str, str]) -> dict[str, Any]:
+    started = time.time()
+    device = _setup(cfg)
+    space = build_space(cfg["space"])
+    archs = read_archs(space, archs_file)
+    data, task, space, models, inputs = _load_supernet(cfg, supernet_dir, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    angle = AngleFitness(space, models["init"], models["final"])
+    accuracy = AccuracyFitness(models["final"], data, cfg["score"], device, cfg["seed"], cfg["supernet"]["amp"])
+    rows = []
+    with TrackedRun(cfg, "score", _tags(cfg, tags), out_dir, tracking_info) as run:
+        for arch in archs:
+            cost = space.cost(arch, task.num_outputs, task.in_channels, data.info.image_size)
+            rows.append({"index": space.to_index(arch), "arch": space.to_str(arch), "angle": angle(arch),
+                         "supernet_acc": accuracy(arch), "params": cost.params, "flops": cost.flops})
+        write_table(out_dir / "scores.csv", rows)
+        run.log_artifact(out_dir / "scores.csv")
+        metrics = {"num_archs": len(rows),
+                   "mean_angle": sum(r["angle"] for r in rows) / len(rows),
+                   "mean_supernet_acc": sum(r["supernet_acc"] for r in rows) / len(rows)}
+        run.log_metrics(metrics, step=0)
+        return write_summary(out_dir, "score", cfg, run, started, metrics,
+                             {**inputs, "archs": str(archs_file), "archs_sha": _file_digest(archs_file)},
+                             {"scores": str(out_dir / "scores.csv")})
+
+
+def search(cfg: dict[str, Any], out_dir: Path, supernet_dir: Path, tracking_info: dict | None,
+           tags: dict[str, str]) -> dict[str, Any]:
+    started = time.time()
+    device = _setup(cfg)
+    data, task, space, models, inputs = _load_supernet(cfg, supernet_dir, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    search_cfg = cfg["search"]
+    if search_cfg["fitness"] == "angle":
+        fitness = AngleFitness(space, models["init"], models["final"])
+    else:
+        fitness = AccuracyFitness(models["final"], data, cfg["score"], device, cfg["seed"], cfg["supernet"]["amp"])
+    method = METHODS.get(search_cfg["method"])
+    tags = _tags(cfg, {"fitness": search_cfg["fitness"], "method": search_cfg["method"], **tags})
+    with TrackedRun(cfg, "search", tags, out_dir, tracking_info) as run:
+        scorer = method(space, fitness, search_cfg, random.Random(cfg["seed"]))
+        trace = scorer.trace()
+        write_table(out_dir / "trace.csv", [
+            {"order": e.order, "generation": e.generation, "index": space.to_index(e.arch), "arch": space.to_str(e.arch),
+             "fitness": e.fitness} for e in trace])
+        best_by_generation: dict[int, float] = {}
+        for e in trace:
+            best_by_generation[e.generation] = max(e.fitness, best_by_generation.get(e.generation, -math.inf))
+        running = -math.inf
+        for generation in sorted(best_by_generation):
+            running = max(running, best_by_generation[generation])
+            run.log_metrics({"best_fitness": running}, step=generation)
+        top = scorer.ranked(limit=search_cfg["topk"])
+        topk = [{"rank": r + 1, "index": space.to_index(e.arch), "arch": space.to_str(e.arch), "fitness": e.fitness}
+                for r, e in enumerate(top)]
+        atomic_write_json(out_dir / "topk.json", {"space": space.name, "fitness": search_cfg["fitness"], "archs": topk})
+        for name in ("trace.csv", "topk.json"):
+            run.log_artifact(out_dir / name)
+        best = top[0]
+        run.set_tags({"best_arch": space.to_str(best.arch)})
+        metrics = {"best_fitness": best.fitness, "evaluations": len(trace)}
+        return write_summary(out_dir, "search", cfg, run, started, metrics,
+                             {**inputs, "method": search_cfg["method"], "fitness": search_cfg["fitness"]},
+                             {"trace": str(out_dir / "trace.csv"), "topk": str(out_dir / "topk.json"),
+                              "best_arch": space.to_str(best.arch), "best_index": space.to_index(best.arch)})
+
+
+def _train_one(cfg: dict[str, Any], space: SearchSpace, arch: Arch, data: ImageData, task: Task, device: torch.device,
+               arch_dir: Path, tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
+    started = time.time()
+    arch_str = space.to_str(arch)
+    identity = {"stage": "train", "space": cfg["space"], "arch": arch_str, "task": cfg["task"],
+                "dataset": cfg["dataset"], "data": data.fingerprint, "seed": cfg["seed"], "training": cfg["train"]}
+    done = arch_dir / SUMMARY
+    if done.is_file():
+        previous = read_json(done)
+        if previous.get("inputs", {}).get("identity") == identity:
+            print(f"[nas] {arch_str}: already trained in {arch_dir}; reusing its summary", flush=True)
+            return previous
+    arch_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg["seed"])
+    model = TaskModel(space.build_network(arch, task.in_channels), task)
+    cost = space.cost(arch, task.num_outputs, task.in_channels, data.info.image_size)
+    with TrackedRun(cfg, "train", _tags(cfg, {"arch": arch_str, **tags}), arch_dir, tracking_info,
+                    run_name=f"train-{cfg['task']['name']}-{space.to_index(arch)}") as run:
+        trainer = Trainer(model, data, cfg["train"], device, arch_dir / "checkpoint.pt", identity, cfg["seed"],
+                          progress=cfg["progress"], label=f"{cfg['task']['name']} #{space.to_index(arch)}")
+        history = _resume_and_fit(trainer, run, arch_dir / "metrics.csv")
+        accs = [r["eval_acc"] for r in history]
+        metrics = {
+            "eval_acc_final": accs[-1] if accs else float("nan"),
+            "eval_acc_best": max(accs) if accs else float("nan"),
+            "train_loss_final": history[-1]["train_loss"] if history else float("nan"),
+            "epochs": len(history), "params": cost.params, "flops": cost.flops,
+        }
+        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=len(history))
+        return write_summary(arch_dir, "train", cfg, run, started, metrics,
+                             {"identity": identity, "arch": arch_str, "index": space.to_index(arch)},
+                             {"metrics": str(arch_dir / "metrics.csv")})
+
+
+def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_file: Path | None, shard: str | None,
+          tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
+    started = time.time()
+    space = build_space(cfg["space"])
+    if archs_file is not None:
+        arch_list = read_archs(space, archs_file)
+    elif archs:
+        arch_list = [space.from_str(a) for a in archs]
+    else:
+        raise ConfigError("nas train needs --arch STR (repeatable) or --archs FILE")
+    arch_list, shard_index, shard_count = shard_of(arch_list, shard)
+    device = _setup(cfg)
+    data, task = _data_and_task(cfg, device)
+    rows = []
+    for arch in arch_list:
+        summary = _train_one(cfg, space, arch, data, task, device, out_dir / f"arch-{space.to_index(arch):05d}",
+                             tracking_info, tags)
+        rows.append({"index": space.to_index(arch), "arch": space.to_str(arch), "task": cfg["task"]["name"],
+                     "dataset": cfg["dataset"]["name"], "seed": cfg["seed"], **summary["metrics"],
+                     "mlflow_run_id": summary["mlflow_run_id"]})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_table(out_dir / "results.csv", rows)
+    metrics = {"num_archs": len(rows),
+               "mean_eval_acc_best": sum(r["eval_acc_best"] for r in rows) / max(len(rows), 1)}
+    return write_summary(out_dir, "train", cfg, None, started, metrics,
+                         {"archs": str(archs_file) if archs_file else archs, "shard": f"{shard_index}/{shard_count}",
+                          "dataset_fingerprint": data.fingerprint},
+                         {"results": str(out_dir / "results.csv"), "runs": [r["mlflow_run_id"] for r in rows]})
+
+
+def describe(space_cfg: dict[str, Any], archs: list[str] | None, all_archs: bool, num_classes: int,
+             in_channels: int, image_size: int) -> Iterable[str]:
+    space = build_space(space_cfg)
+    if all_archs:
+        chosen: Iterable[Arch] = (space.from_index(i) for i in range(space.num_archs()))
+    elif archs:
+        chosen = [space.from_str(a) for a in archs]
+    else:
+        raise ConfigError("nas describe needs --arch STR or --all")
+    for arch in chosen:
+        cost = space.cost(arch, num_classes, in_channels, image_size)
+        yield json.dumps({"index": space.to_index(arch), "arch": space.to_str(arch), "params": cost.params,
+                          "flops": cost.flops})

@@ -1,0 +1,108 @@
+"""UnNAS colorization: L channel in, hard nearest-bin target over quantised ab, per-pixel cross-entropy.
+
+Default bins: every point of the ab grid of spacing ``col.grid`` that is the nearest grid point
+(``round(ab / grid) * grid``) of at least one of the 256^3 8-bit sRGB colours (D65, CIE Lab as in
+kornia). With grid 10 that rule gives 261 bins. UnNAS used the 313 bins of Zhang et al.'s
+``pts_in_hull.npy``; pass that file as ``task.col.bins_file`` to reproduce it exactly.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.color import rgb_to_lab
+from torch import nn
+
+from ..data import augment
+from ..registry import ConfigError
+from .base import TASKS, Task
+
+
+@functools.lru_cache(maxsize=4)
+def gamut_bins(grid: float) -> torch.Tensor:
+    """(K, 2) ab bin centres occupied by the sRGB gamut, sorted by (a, b)."""
+    levels = torch.arange(256, dtype=torch.float32) / 255.0
+    green, blue = torch.meshgrid(levels, levels, indexing="ij")
+    occupied: set[tuple[int, int]] = set()
+    for red in levels:
+        rgb = torch.stack([torch.full_like(green, float(red)), green, blue]).unsqueeze(0)
+        ab = rgb_to_lab(rgb)[0, 1:].reshape(2, -1)
+        cells = torch.unique(torch.round(ab / grid).to(torch.int64), dim=1)
+        occupied.update(map(tuple, cells.T.tolist()))
+    return torch.tensor(sorted(occupied), dtype=torch.float32) * grid
+
+
+def load_bins(path: str) -> torch.Tensor:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"task.col.bins_file: {str(file)!r} does not exist")
+    try:
+        bins = np.load(file)
+    except Exception as err:  # numpy raises several types for a bad file
+        raise ConfigError(f"task.col.bins_file: {str(file)!r} is not a readable .npy file ({err})") from None
+    if bins.ndim != 2 or bins.shape[1] != 2 or len(bins) < 2:
+        raise ConfigError(f"task.col.bins_file: expected an array of shape (K, 2) of ab points, got {bins.shape}")
+    return torch.from_numpy(bins.astype(np.float32))
+
+
+def nearest_bin(ab: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+    """ab (B, 2, H, W) -> index (B, H, W) of the nearest bin centre."""
+    flat = ab.permute(0, 2, 3, 1).reshape(-1, 2)
+    index = torch.cdist(flat, bins.to(ab.device)).argmin(dim=1)
+    return index.view(ab.shape[0], ab.shape[2], ab.shape[3])
+
+
+class ColorizationHead(nn.Module):
+    """1x1 conv to bin logits, bilinearly upsampled (align_corners=True) to the input size."""
+
+    def __init__(self, in_channels: int, num_bins: int) -> None:
+        super().__init__()
+        self.classifier = nn.Conv2d(in_channels, num_bins, 1)
+        self.output_size: tuple[int, int] | None = None
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        logits = self.classifier(features)
+        return F.interpolate(logits, size=self.output_size, mode="bilinear", align_corners=True)
+
+
+@TASKS.register("col")
+class Colorization(Task):
+    name = "col"
+    metric_name = "pixel_acc"
+
+    def __init__(self, cfg, info, seed):
+        super().__init__(cfg, info, seed)
+        col = cfg["col"]
+        self.bins = load_bins(col["bins_file"]) if col["bins_file"] else gamut_bins(float(col["grid"]))
+        # UnNAS normalises L/100 with the mean of the RGB channel statistics.
+        self.l_mean = float(np.mean(info.mean))
+        self.l_std = float(np.mean(info.std))
+
+    requires_rgb = True
+
+    @property
+    def in_channels(self) -> int:
+        return 1
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.bins)
+
+    def prepare(self, images, labels, ids, train, generator):
+        if train:
+            images = augment(images, self.info, generator)
+        lab = rgb_to_lab(images)
+        inputs = (lab[:, :1] / 100.0 - self.l_mean) / self.l_std
+        return inputs, nearest_bin(lab[:, 1:], self.bins)
+
+    def build_head(self, feature_channels):
+        head = ColorizationHead(feature_channels, self.num_outputs)
+        head.output_size = (self.info.image_size, self.info.image_size)
+        return head
+
+    def describe(self):
+        return {**super().describe(), "num_bins": self.num_outputs,
+                "bins": self.cfg["col"]["bins_file"] or f"srgb-gamut-grid{self.cfg['col']['grid']}"}

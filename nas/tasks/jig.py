@@ -1,0 +1,131 @@
+"""UnNAS jigsaw: tiles of a g x g grid shuffled by one of a fixed set of permutations; predict which.
+
+2x2 grid with all 24 permutations for small images, 3x3 with a maximal-Hamming permutation set for
+large ones. Each tile is a random crop (centre crop at evaluation) of ``tile_ratio`` of its grid cell,
+normalised on its own; a shared trunk embeds every tile and the features are concatenated in slot order.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import augment
+from ..registry import ConfigError
+from .base import TASKS, Task
+
+AUTO_GRID_THRESHOLD = 64  # images smaller than this use a 2x2 grid (UnNAS: CIFAR 2x2, ImageNet 3x3)
+
+
+@functools.lru_cache(maxsize=8)
+def permutation_set(grid: int, count: int, seed: int) -> torch.Tensor:
+    """All (g*g)! permutations when they number at most ``count``, else a greedy maximal-Hamming set."""
+    tiles = grid * grid
+    total = math.factorial(tiles)
+    if total <= count:
+        return torch.tensor(list(itertools.permutations(range(tiles))), dtype=torch.int64)
+    every = np.array(list(itertools.permutations(range(tiles))), dtype=np.int8)
+    rng = np.random.RandomState(seed)
+    chosen = [int(rng.randint(total))]
+    min_distance = (every != every[chosen[0]]).sum(axis=1)
+    for _ in range(count - 1):
+        best = int(np.argmax(min_distance))  # first of the farthest: deterministic
+        chosen.append(best)
+        min_distance = np.minimum(min_distance, (every != every[best]).sum(axis=1))
+    return torch.from_numpy(every[chosen].astype(np.int64))
+
+
+class JigsawHead(nn.Module):
+    """Pools each tile's features and classifies their slot-ordered concatenation."""
+
+    def __init__(self, in_channels: int, num_tiles: int, num_permutations: int) -> None:
+        super().__init__()
+        self.num_tiles = num_tiles
+        self.classifier = nn.Linear(in_channels * num_tiles, num_permutations)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = features.mean(dim=(2, 3))
+        return self.classifier(pooled.view(-1, self.num_tiles * pooled.shape[1]))
+
+
+@TASKS.register("jig")
+class Jigsaw(Task):
+    name = "jig"
+
+    def __init__(self, cfg, info, seed):
+        super().__init__(cfg, info, seed)
+        jig = cfg["jig"]
+        grid = jig["grid"]
+        self.grid = (2 if info.image_size < AUTO_GRID_THRESHOLD else 3) if grid == "auto" else int(grid)
+        self.cell = info.image_size // self.grid
+        self.tile = int(self.cell * float(jig["tile_ratio"]))
+        if self.tile < 4:
+            raise ConfigError(
+                f"task.jig: {info.image_size}-px images in a {self.grid}x{self.grid} grid give {self.tile}-px tiles; "
+                "need at least 4 px (use a smaller task.jig.grid or larger dataset.image_size)"
+            )
+        self.permutations = permutation_set(self.grid, int(jig["num_permutations"]), int(jig["permutation_seed"]))
+        self.gray_prob = float(jig["gray_prob"]) if info.channels == 3 else 0.0
+        self.test_perm = jig["test_perm"]
+        # Evaluation permutations fixed per image, so the metric does not move between evaluations.
+        fixed = torch.Generator().manual_seed(seed + 7_919)
+        self.eval_perm = torch.randint(len(self.permutations), (info.num_images,), generator=fixed)
+
+    @property
+    def num_outputs(self) -> int:
+        return len(self.permutations)
+
+    @property
+    def num_tiles(self) -> int:
+        return self.grid * self.grid
+
+    def prepare(self, images, labels, ids, train, generator):
+        device = images.device
+        if train:
+            images = augment(images, self.info, generator)
+            if self.gray_prob > 0:
+                gray = (torch.rand(images.shape[0], generator=generator) < self.gray_prob).to(device)
+                luma = (images * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, True)
+                images = torch.where(gray[:, None, None, None], luma.expand_as(images), images)
+        batch = images.shape[0]
+        slack = self.cell - self.tile
+        if train:
+            offsets = torch.randint(0, slack + 1, (batch, self.num_tiles, 2), generator=generator)
+            perm_index = torch.randint(len(self.permutations), (batch,), generator=generator)
+        else:
+            offsets = torch.full((batch, self.num_tiles, 2), slack // 2, dtype=torch.int64)
+            if self.test_perm == "fixed":
+                perm_index = self.eval_perm[ids.cpu()]
+            else:
+                perm_index = torch.randint(len(self.permutations), (batch,), generator=generator)
+        tiles = []
+        for i in range(self.grid):
+            for j in range(self.grid):
+                k = i * self.grid + j
+                rows = (i * self.cell + offsets[:, k, 0, None] + torch.arange(self.tile)).to(device)
+                cols = (j * self.cell + offsets[:, k, 1, None] + torch.arange(self.tile)).to(device)
+                index_b = torch.arange(batch, device=device)[:, None, None, None]
+                index_c = torch.arange(images.shape[1], device=device)[None, :, None, None]
+                tiles.append(images[index_b, index_c, rows[:, None, :, None], cols[:, None, None, :]])
+        tiles = torch.stack(tiles, dim=1)  # (B, T, C, t, t) in grid order
+        mean = tiles.mean(dim=(3, 4), keepdim=True)
+        std = tiles.std(dim=(3, 4), keepdim=True)
+        tiles = (tiles - mean) / (std + 1e-5)
+        # tile at grid position k goes to slot perm[k]
+        slots = self.permutations[perm_index].to(device)  # (B, T)
+        placed = torch.empty_like(tiles)
+        placed[torch.arange(batch, device=device)[:, None], slots] = tiles
+        return placed, perm_index.to(device)
+
+    def forward(self, backbone, head, inputs):
+        return head(backbone(inputs.flatten(0, 1)))
+
+    def build_head(self, feature_channels):
+        return JigsawHead(feature_channels, self.num_tiles, self.num_outputs)
+
+    def describe(self):
+        return {**super().describe(), "grid": self.grid, "tile": self.tile}

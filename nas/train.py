@@ -1,0 +1,269 @@
+"""The one trainer every stage shares: supernets (one sampled path per step) and stand-alone networks.
+
+A checkpoint (model, optimizer, scheduler, every RNG, history) is written atomically after every
+epoch; a restarted job resumes from it and ends with the same metrics as an uninterrupted run.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .data import ImageData, iterate_batches
+from .io import atomic_torch_save
+from .registry import ConfigError
+from .spaces import Arch
+from .tasks import Task
+
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+class TaskModel(nn.Module):
+    """A backbone (network or supernet) with the task's head; ``arch`` selects a supernet path."""
+
+    def __init__(self, backbone: nn.Module, task: Task) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = task.build_head(backbone.out_channels)
+        self.task = task
+
+    def forward(self, inputs: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
+        if arch is None:
+            return self.task.forward(self.backbone, self.head, inputs)
+        return self.task.forward(lambda x: self.backbone(x, arch=arch), self.head, inputs)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast(device: torch.device, enabled: bool):
+    if device.type == "cuda" and enabled:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_factor(step: int, total: int, cfg: dict[str, Any]) -> float:
+    """Multiplier of the base LR at schedule step ``step`` of ``total`` (warm-up, then the decay)."""
+    warmup = cfg["warmup_epochs"] if cfg["lr_step"] == "epoch" else 0
+    if step < warmup:
+        return cfg["warmup_factor"] + (1.0 - cfg["warmup_factor"]) * step / warmup
+    if cfg["schedule"] == "constant" or total <= warmup:
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    floor = cfg["lr_min"] / cfg["lr"]
+    if cfg["schedule"] == "cosine":
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - (1.0 - floor) * progress
+
+
+def build_optimizer(params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
+                               weight_decay=cfg["weight_decay"])
+    return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+
+
+@torch.no_grad()
+def evaluate(model: TaskModel, data: ImageData, split: str, batch_size: int, device: torch.device,
+             arch: Arch | None = None, max_batches: int | None = None, seed: int = 0, amp: bool = True) -> dict[str, float]:
+    """Mean loss and accuracy (%) of ``model`` on ``split``; ``arch`` picks a supernet path."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    count = 0
+    seen = 0
+    for images, labels, ids in iterate_batches(data, split, batch_size, shuffle=False, max_batches=max_batches):
+        inputs, targets = model.task.prepare(images.float() / 255.0, labels, ids, train=False, generator=generator)
+        with _autocast(device, amp):
+            outputs = model(inputs, arch=arch)
+        loss_sum += model.task.loss(outputs.float(), targets) * targets.shape[0]
+        hits, total = model.task.correct(outputs, targets)
+        correct += hits
+        count += total
+        seen += targets.shape[0]
+    if seen == 0:
+        raise ConfigError(f"split {split!r} of dataset {data.info.name!r} yields no batches; enlarge dataset.splits.{split}")
+    return {"loss": float(loss_sum) / seen, "acc": 100.0 * float(correct) / count}
+
+
+@torch.no_grad()
+def recalibrate_bn(model: TaskModel, data: ImageData, split: str, batch_size: int, batches: int,
+                   device: torch.device, arch: Arch | None, seed: int) -> None:
+    """Reset BN running statistics and re-estimate them for ``arch`` (cumulative average)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms or batches == 0:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    for images, labels, ids in iterate_batches(data, split, batch_size, shuffle=True, generator=generator,
+                                               max_batches=batches):
+        inputs, _ = model.task.prepare(images.float() / 255.0, labels, ids, train=False, generator=generator)
+        model(inputs, arch=arch)
+
+
+class Trainer:
+    """Trains ``model`` on the ``train`` split for ``cfg['epochs']`` epochs and evaluates after each.
+
+    ``path_sampler`` (supernets) draws the path of each step from a seeded ``random.Random``.
+    ``identity`` is stored in the checkpoint and must match on resume.
+    """
+
+    def __init__(self, model: TaskModel, data: ImageData, cfg: dict[str, Any], device: torch.device,
+                 checkpoint: Path, identity: dict[str, Any], seed: int,
+                 path_sampler: Callable[[random.Random], Arch] | None = None,
+                 eval_arch: Arch | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                 progress: bool = True, label: str = "train") -> None:
+        self.model = model.to(device)
+        self.data = data
+        self.cfg = cfg
+        self.device = device
+        self.checkpoint = Path(checkpoint)
+        self.identity = identity
+        self.seed = seed
+        self.path_sampler = path_sampler
+        self.eval_arch = eval_arch
+        self.on_epoch = on_epoch
+        self.progress = progress
+        self.label = label
+        self.optimizer = build_optimizer(model.parameters(), cfg)
+        steps_per_epoch = self._steps_per_epoch()
+        total = cfg["epochs"] * (steps_per_epoch if cfg["lr_step"] == "iter" else 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, total, cfg))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.path_rng = random.Random(seed)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0
+
+    def _steps_per_epoch(self) -> int:
+        count = len(self.data.splits["train"]) // self.cfg["batch_size"]
+        if self.cfg["max_batches_per_epoch"]:
+            count = min(count, self.cfg["max_batches_per_epoch"])
+        if count == 0 and self.cfg["epochs"] > 0:
+            raise ConfigError(
+                f"the train split of dataset {self.data.info.name!r} holds {len(self.data.splits['train'])} images, "
+                f"fewer than one batch of {self.cfg['batch_size']}; lower the batch_size or enlarge the split"
+            )
+        return count
+
+    # ---- checkpoints ------------------------------------------------------------------------------
+    def _state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "identity": self.identity,
+            "epoch": epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "path_rng": self.path_rng.getstate(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            "history": self.history,
+        }
+
+    def resume(self) -> bool:
+        """Load the last checkpoint if there is one; True when training resumes from it."""
+        if not self.checkpoint.exists():
+            return False
+        try:
+            state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
+        except Exception as err:
+            raise ConfigError(f"checkpoint {str(self.checkpoint)!r} cannot be read ({err}); delete it to start over") from None
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != self.identity:
+            raise ConfigError(
+                f"checkpoint {str(self.checkpoint)!r} belongs to another job: it holds {state.get('identity')}, "
+                f"this job is {self.identity}; delete it or choose another --out"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        self.path_rng.setstate(state["path_rng"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        self.history = state["history"]
+        self.start_epoch = state["epoch"]
+        return True
+
+    # ---- loop -------------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        from tqdm import tqdm
+
+        cfg, task = self.cfg, self.model.task
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        count, seen = 0, 0
+        batches = iterate_batches(self.data, "train", cfg["batch_size"], shuffle=True, generator=self.generator,
+                                  drop_last=True, max_batches=cfg["max_batches_per_epoch"])
+        bar = tqdm(batches, total=self._steps_per_epoch(), desc=f"{self.label} epoch {epoch + 1}/{cfg['epochs']}",
+                   disable=not self.progress, mininterval=2.0, leave=False)
+        for step, (images, labels, ids) in enumerate(bar):
+            inputs, targets = task.prepare(images.float() / 255.0, labels, ids, train=True, generator=self.generator)
+            arch = self.path_sampler(self.path_rng) if self.path_sampler else None
+            with _autocast(self.device, cfg["amp"]):
+                outputs = self.model(inputs, arch=arch)
+            loss = task.loss(outputs.float(), targets, cfg["label_smoothing"])
+            if self.device.type == "cpu" or step % 50 == 0:
+                self._check_finite(loss, epoch, step)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg["grad_clip"]:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"])
+            self.optimizer.step()
+            if cfg["lr_step"] == "iter":
+                self.scheduler.step()
+            loss_sum += loss.detach() * targets.shape[0]
+            hits, total = task.correct(outputs.detach(), targets)
+            correct += hits
+            count += total
+            seen += targets.shape[0]
+        self._check_finite(loss_sum, epoch, None)
+        if cfg["lr_step"] == "epoch":
+            self.scheduler.step()
+        return {"train_loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * float(correct) / max(count, 1)}
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int | None) -> None:
+        if not torch.isfinite(loss):
+            where = f"epoch {epoch + 1}" + (f", step {step}" if step is not None else "")
+            raise NonFiniteLoss(
+                f"{self.label}: the loss became {float(loss)} at {where} (lr {self.optimizer.param_groups[0]['lr']:.4g}); "
+                "lower the learning rate, enable grad_clip, or check the data"
+            )
+
+    def fit(self) -> list[dict[str, Any]]:
+        """Train (resuming if a checkpoint exists); return the per-epoch history."""
+        for epoch in range(self.start_epoch, self.cfg["epochs"]):
+            lr = self.optimizer.param_groups[0]["lr"]
+            record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **self._train_epoch(epoch)}
+            if self.path_sampler is None or self.eval_arch is not None:
+                evaluated = evaluate(self.model, self.data, self.cfg["eval_split"], self.cfg["batch_size"], self.device,
+                                     arch=self.eval_arch, seed=self.seed, amp=self.cfg["amp"])
+                record.update({"eval_loss": evaluated["loss"], "eval_acc": evaluated["acc"]})
+            self.history.append(record)
+            atomic_torch_save(self._state(epoch + 1), self.checkpoint)
+            if self.on_epoch:
+                self.on_epoch(record)
+        return self.history
