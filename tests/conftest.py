@@ -1,0 +1,95 @@
+"""Shared fixtures: the published NAS-Bench-201 tables, space configs, tiny dataset descriptions, configs."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+
+from nas.config import load_config
+from nas.data import DatasetInfo
+
+# The published tables live beside the repository (../shared/data/nb201) and are never copied into it.
+NB201_TABLES = Path(__file__).resolve().parents[2] / "shared/data/nb201"
+
+_SPACE_CFG = {
+    "name": "nb201",
+    "channels": 16,
+    "cells_per_stage": 5,
+    "supernet": {"bn_affine": False, "bn_track_stats": True},
+}
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test with one torch CPU thread (tiny tensors gain nothing from more; a busy 2-core machine loses a lot)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def nb201_tables() -> Path:
+    """Folder of the published NAS-Bench-201 CSV tables; the test is skipped when it is absent."""
+    if not NB201_TABLES.is_dir():
+        pytest.skip(f"published NAS-Bench-201 tables not found at {NB201_TABLES} (../shared/data/nb201 beside the repo)")
+    return NB201_TABLES
+
+
+@pytest.fixture
+def space_cfg() -> dict:
+    """The NB201 space config of the benchmark (C=16, N=5); a fresh copy per test, free to modify."""
+    return copy.deepcopy(_SPACE_CFG)
+
+
+@pytest.fixture
+def tiny_space_cfg(space_cfg) -> Callable[..., dict]:
+    """Factory for a small NB201 space config (default C=4, N=1) to keep networks fast on a CPU."""
+
+    def make(channels: int = 4, cells_per_stage: int = 1, bn_affine: bool = False, bn_track_stats: bool = True) -> dict:
+        cfg = copy.deepcopy(space_cfg)
+        cfg.update(channels=channels, cells_per_stage=cells_per_stage)
+        cfg["supernet"] = {"bn_affine": bn_affine, "bn_track_stats": bn_track_stats}
+        return cfg
+
+    return make
+
+
+@pytest.fixture
+def tiny_info() -> Callable[..., DatasetInfo]:
+    """Factory for a DatasetInfo describing a tiny dataset, so tasks can be built without loading data."""
+
+    def make(name: str = "tiny", num_classes: int = 10, channels: int = 3, image_size: int = 16,
+             num_images: int = 32, mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+             flip: bool = False, crop_padding: int = 0) -> DatasetInfo:
+        return DatasetInfo(
+            name=name,
+            num_classes=num_classes,
+            channels=channels,
+            image_size=image_size,
+            num_images=num_images,
+            mean=tuple(mean) if mean is not None else (0.5,) * channels,
+            std=tuple(std) if std is not None else (0.25,) * channels,
+            flip=flip,
+            crop_padding=crop_padding,
+        )
+
+    return make
+
+
+@pytest.fixture
+def cfg() -> Callable[..., dict]:
+    """Factory: ``cfg("a.b=1", "c=2")`` (or a list) -> ``nas.config.load_config(None, overrides)``."""
+
+    def make(*overrides) -> dict:
+        flat: list[str] = []
+        for item in overrides:
+            flat.extend([item] if isinstance(item, str) else list(item))
+        return load_config(None, flat)
+
+    return make
