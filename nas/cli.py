@@ -49,6 +49,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", action="append", help="architecture string (repeatable)")
     p.add_argument("--archs", type=Path, help="archs.json (from sample) or topk.json (from search)")
     p.add_argument("--shard", help="train only shard i of n of the listed architectures, as i/n")
+    p.add_argument("--top", type=int, help="train only the first N architectures of --archs (e.g. the best found)")
+
+    p = stages.add_parser("collect", help="tidy one table from per-job result files")
+    p.add_argument("--kind", required=True, choices=["standalone", "proxies", "search"])
+    p.add_argument("--inputs", required=True, nargs="+", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="CSV to write")
+
+    p = stages.add_parser("correlate", help="rank correlation of every proxy with the reference task, with CIs")
+    _common(p)
+    p.add_argument("--standalone", required=True, type=Path, help="table from `nas collect --kind standalone`")
+    p.add_argument("--proxies", type=Path, help="table from `nas collect --kind proxies`")
+
+    p = stages.add_parser("figures", help="the study figures (PNG and PDF), logged to MLflow")
+    _common(p)
+    p.add_argument("--correlations", required=True, type=Path, help="output folder of `nas correlate`")
+    p.add_argument("--search", type=Path, help="table from `nas collect --kind search`")
 
     p = stages.add_parser("describe", help="index, string, parameters and FLOPs of architectures, one JSON per line")
     _common(p, out=False)
@@ -85,6 +101,10 @@ def run(argv: Sequence[str] | None = None) -> int:
     overrides = list(args.overrides)
     if args.stage == "describe" and args.space:
         overrides.append(f"space.name={args.space}")
+    if args.stage == "collect":
+        rows = stages.collect(args.kind, args.inputs, args.out)
+        print(f"[nas] collect {args.kind}: {rows} rows -> {args.out}")
+        return 0
     cfg = load_config(args.config, overrides)
     if args.stage == "describe":
         for line in stages.describe(cfg["space"], args.arch, args.all, args.num_classes, args.in_channels,
@@ -105,8 +125,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         summary = stages.score(cfg, args.out, args.supernet, args.archs, tracking_info, tags)
     elif args.stage == "search":
         summary = stages.search(cfg, args.out, args.supernet, tracking_info, tags)
+    elif args.stage == "correlate":
+        summary = stages.correlate(cfg, args.out, args.standalone, args.proxies, tracking_info, tags)
+    elif args.stage == "figures":
+        summary = stages.figures(cfg, args.out, args.correlations, args.search, tracking_info, tags)
     else:
-        summary = stages.train(cfg, args.out, args.arch, args.archs, args.shard, tracking_info, tags)
+        summary = stages.train(cfg, args.out, args.arch, args.archs, args.shard, args.top, tracking_info, tags)
     print(f"[nas] {args.stage} complete: {args.out / stages.SUMMARY} ({summary['wall_seconds']:.1f} s)")
     return 0
 

@@ -9,10 +9,27 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
+import re
+
 import jsonschema
 import yaml
 
 from .registry import ConfigError
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads 1e-3 as a string; researchers write learning rates that way, so read it as a float."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
 
 SCHEMA_RESOURCE = ("nas.schema", "config.schema.yaml")
 
@@ -81,7 +98,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         raise ConfigError(f"config file {str(file)!r} does not exist")
     try:
-        data = yaml.safe_load(file.read_text())
+        data = parse_yaml(file.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {str(file)!r} is not valid YAML: {err}") from None
     if data is None:
@@ -97,7 +114,7 @@ def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = parse_yaml(raw) if raw != "" else None
         except yaml.YAMLError as err:
             raise ConfigError(f"override {item!r}: value is not valid YAML ({err})") from None
         node = cfg

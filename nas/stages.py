@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 import yaml
 
@@ -31,6 +32,33 @@ MODEL_SECTIONS = ("space", "dataset", "task", "seed")
 
 
 # ---- shared helpers -----------------------------------------------------------------------------
+JOB_STATE = ".job_state.json"
+# What a job leaves in its output folder; a fresh (not resumed) run clears exactly these.
+JOB_FILES = ("checkpoint.pt", "weights_init.pt", "weights_final.pt", "metrics.csv", SUMMARY, "results.csv",
+             "scores.csv", "trace.csv", "topk.json")
+
+
+def begin_job(out_dir: Path) -> bool:
+    """Mark ``out_dir`` as running; True when an earlier attempt did not finish, so the job resumes.
+
+    A job whose last attempt completed (or that never ran) starts afresh: a re-run is a new run,
+    while a killed or failed attempt is continued from its checkpoints.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = out_dir / JOB_STATE
+    resume = state.is_file() and read_json(state).get("state") == "running"
+    if not resume:
+        for folder in [out_dir, *sorted(out_dir.glob("arch-*"))]:
+            for name in JOB_FILES:
+                (folder / name).unlink(missing_ok=True)
+        atomic_write_json(state, {"state": "running", "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    return resume
+
+
+def end_job(out_dir: Path) -> None:
+    atomic_write_json(out_dir / JOB_STATE, {"state": "complete", "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
@@ -62,6 +90,7 @@ def write_summary(out_dir: Path, stage: str, cfg: dict[str, Any], run: TrackedRu
     atomic_write_json(path, summary)
     if run:
         run.log_artifact(path)
+    end_job(out_dir)
     return summary
 
 
@@ -167,7 +196,7 @@ def sample(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | None, tags:
         archs = [space.from_index(i) for i in rng.sample(pool, count)]
     else:
         archs = space.sample_distinct(count, rng)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    begin_job(out_dir)
     with TrackedRun(cfg, "sample", {"space": space.name, "seed": cfg["seed"], **tags}, out_dir, tracking_info) as run:
         atomic_write_json(out_dir / "archs.json", {"space": space.name, "archs": _arch_rows(space, archs)})
         run.log_artifact(out_dir / "archs.json")
@@ -182,7 +211,7 @@ def train_supernet(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | Non
     data, task = _data_and_task(cfg, device)
     space = build_space(cfg["space"])
     model = TaskModel(space.build_supernet(task.in_channels), task)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    begin_job(out_dir)
     _save_config(out_dir, cfg)
     init_path = out_dir / "weights_init.pt"
     if not init_path.exists():  # W0: the weights before the first update (RLNAS angle)
@@ -234,14 +263,15 @@ def score(cfg: dict[str, Any], out_dir: Path, supernet_dir: Path, archs_file: Pa
     space = build_space(cfg["space"])
     archs = read_archs(space, archs_file)
     data, task, space, models, inputs = _load_supernet(cfg, supernet_dir, device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    begin_job(out_dir)
     angle = AngleFitness(space, models["init"], models["final"])
     accuracy = AccuracyFitness(models["final"], data, cfg["score"], device, cfg["seed"], cfg["supernet"]["amp"])
     rows = []
     with TrackedRun(cfg, "score", _tags(cfg, tags), out_dir, tracking_info) as run:
         for arch in archs:
             cost = space.cost(arch, task.num_outputs, task.in_channels, data.info.image_size)
-            rows.append({"index": space.to_index(arch), "arch": space.to_str(arch), "angle": angle(arch),
+            rows.append({"space": space.name, "dataset": cfg["dataset"]["name"], "task": cfg["task"]["name"],
+                         "seed": cfg["seed"], "index": space.to_index(arch), "arch": space.to_str(arch), "angle": angle(arch),
                          "supernet_acc": accuracy(arch), "params": cost.params, "flops": cost.flops})
         write_table(out_dir / "scores.csv", rows)
         run.log_artifact(out_dir / "scores.csv")
@@ -259,7 +289,7 @@ def search(cfg: dict[str, Any], out_dir: Path, supernet_dir: Path, tracking_info
     started = time.time()
     device = _setup(cfg)
     data, task, space, models, inputs = _load_supernet(cfg, supernet_dir, device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    begin_job(out_dir)
     search_cfg = cfg["search"]
     if search_cfg["fitness"] == "angle":
         fitness = AngleFitness(space, models["init"], models["final"])
@@ -290,7 +320,8 @@ def search(cfg: dict[str, Any], out_dir: Path, supernet_dir: Path, tracking_info
         run.set_tags({"best_arch": space.to_str(best.arch)})
         metrics = {"best_fitness": best.fitness, "evaluations": len(trace)}
         return write_summary(out_dir, "search", cfg, run, started, metrics,
-                             {**inputs, "method": search_cfg["method"], "fitness": search_cfg["fitness"]},
+                             {**inputs, "task": cfg["task"]["name"], "method": search_cfg["method"],
+                              "fitness": search_cfg["fitness"]},
                              {"trace": str(out_dir / "trace.csv"), "topk": str(out_dir / "topk.json"),
                               "best_arch": space.to_str(best.arch), "best_index": space.to_index(best.arch)})
 
@@ -330,11 +361,13 @@ def _train_one(cfg: dict[str, Any], space: SearchSpace, arch: Arch, data: ImageD
 
 
 def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_file: Path | None, shard: str | None,
-          tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
+          top: int | None, tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
     started = time.time()
     space = build_space(cfg["space"])
     if archs_file is not None:
         arch_list = read_archs(space, archs_file)
+        if top is not None:
+            arch_list = arch_list[:top]
     elif archs:
         arch_list = [space.from_str(a) for a in archs]
     else:
@@ -342,14 +375,15 @@ def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_fil
     arch_list, shard_index, shard_count = shard_of(arch_list, shard)
     device = _setup(cfg)
     data, task = _data_and_task(cfg, device)
+    begin_job(out_dir)
     rows = []
     for arch in arch_list:
         summary = _train_one(cfg, space, arch, data, task, device, out_dir / f"arch-{space.to_index(arch):05d}",
                              tracking_info, tags)
-        rows.append({"index": space.to_index(arch), "arch": space.to_str(arch), "task": cfg["task"]["name"],
-                     "dataset": cfg["dataset"]["name"], "seed": cfg["seed"], **summary["metrics"],
+        rows.append({"space": space.name, "dataset": cfg["dataset"]["name"], "task": cfg["task"]["name"],
+                     "seed": cfg["seed"], "index": space.to_index(arch), "arch": space.to_str(arch),
+                     **summary["metrics"], "source": str(archs_file) if archs_file else "",
                      "mlflow_run_id": summary["mlflow_run_id"]})
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_table(out_dir / "results.csv", rows)
     metrics = {"num_archs": len(rows),
                "mean_eval_acc_best": sum(r["eval_acc_best"] for r in rows) / max(len(rows), 1)}
@@ -372,3 +406,84 @@ def describe(space_cfg: dict[str, Any], archs: list[str] | None, all_archs: bool
         cost = space.cost(arch, num_classes, in_channels, image_size)
         yield json.dumps({"index": space.to_index(arch), "arch": space.to_str(arch), "params": cost.params,
                           "flops": cost.flops})
+
+
+# ---- analysis -----------------------------------------------------------------------------------
+def collect(kind: str, inputs: list[Path], out_file: Path) -> int:
+    """Tidy one table from the per-job files: stand-alone results, proxy scores, or search outcomes."""
+    from .analysis import tables
+
+    missing = [str(p) for p in inputs if not Path(p).is_file()]
+    if missing:
+        raise ConfigError(f"collect {kind}: missing input files {missing[:3]}")
+    frame = tables.search_outcomes(inputs) if kind == "search" else tables.concat(inputs)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_file, frame.to_csv(index=False))
+    return len(frame)
+
+
+def _read_optional(path: Path | None):
+    import pandas as pd
+
+    if path is None:
+        return None
+    frame = pd.read_csv(path)
+    return frame if len(frame) else None
+
+
+def correlate(cfg: dict[str, Any], out_dir: Path, standalone: Path, proxies: Path | None,
+              tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
+    import pandas as pd
+
+    from .analysis import tables
+
+    started = time.time()
+    study = cfg["study"]
+    long = tables.proxy_frame(pd.read_csv(standalone), _read_optional(proxies), study["reference_task"],
+                              study["acc_epoch"])
+    begin_job(out_dir)
+    with TrackedRun(cfg, "correlate", {"reference_task": study["reference_task"], **tags}, out_dir, tracking_info) as run:
+        corr = tables.correlation_table(long, study["bootstrap"], cfg["seed"])
+        atomic_write_text(out_dir / "correlations.csv", corr.to_csv(index=False))
+        atomic_write_text(out_dir / "proxies_long.csv", long.to_csv(index=False))
+        run.log_artifact(out_dir / "correlations.csv")
+        pooled = corr[(corr.seed == "mean") & (corr.method == "spearman")]
+        metrics = {f"spearman.{r.dataset}.{r.proxy.replace(':', '.')}": r.coef for r in pooled.itertuples()
+                   if np.isfinite(r.coef)}
+        run.log_metrics(metrics, step=0)
+        return write_summary(out_dir, "correlate", cfg, run, started, {"rows": len(corr)},
+                             {"standalone": str(standalone), "proxies": str(proxies) if proxies else None},
+                             {"correlations": str(out_dir / "correlations.csv"),
+                              "proxies_long": str(out_dir / "proxies_long.csv")})
+
+
+def figures(cfg: dict[str, Any], out_dir: Path, correlations_dir: Path, search_table: Path | None,
+            tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
+    import pandas as pd
+
+    from .analysis import figures as fig
+    from .analysis import tables
+
+    started = time.time()
+    study = cfg["study"]
+    reference = study["reference_task"]
+    corr = pd.read_csv(correlations_dir / "correlations.csv", dtype={"seed": str})
+    long = pd.read_csv(correlations_dir / "proxies_long.csv")
+    search_rows = _read_optional(search_table)
+    if search_rows is None:
+        search_rows = pd.DataFrame(columns=["dataset", "search_task", "fitness", "best_fitness", "eval_acc_best"])
+    begin_job(out_dir)
+    with TrackedRun(cfg, "figures", {"reference_task": reference, **tags}, out_dir, tracking_info) as run:
+        paths = []
+        paths += fig.pretext_vs_reference(long, corr, reference, out_dir)
+        paths += fig.rank_heatmap(tables.heatmap_table(corr), reference, out_dir)
+        paths += fig.angle_vs_accuracy(long, corr, search_rows, reference, out_dir)
+        best_paths, best_table = fig.best_of_m_figure(long, reference, study["best_of_draws_seed"], out_dir)
+        paths += best_paths
+        atomic_write_text(out_dir / "best_of_m.csv", best_table.to_csv(index=False))
+        paths += fig.search_outcomes_figure(search_rows, long, reference, out_dir)
+        for path in paths:
+            run.log_artifact(path)
+        return write_summary(out_dir, "figures", cfg, run, started, {"figures": len(paths)},
+                             {"correlations": str(correlations_dir), "search": str(search_table)},
+                             {"files": [str(p) for p in paths]})

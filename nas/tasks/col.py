@@ -26,13 +26,15 @@ def gamut_bins(grid: float) -> torch.Tensor:
     """(K, 2) ab bin centres occupied by the sRGB gamut, sorted by (a, b)."""
     levels = torch.arange(256, dtype=torch.float32) / 255.0
     green, blue = torch.meshgrid(levels, levels, indexing="ij")
-    occupied: set[tuple[int, int]] = set()
-    for red in levels:
-        rgb = torch.stack([torch.full_like(green, float(red)), green, blue]).unsqueeze(0)
-        ab = rgb_to_lab(rgb)[0, 1:].reshape(2, -1)
-        cells = torch.unique(torch.round(ab / grid).to(torch.int64), dim=1)
-        occupied.update(map(tuple, cells.T.tolist()))
-    return torch.tensor(sorted(occupied), dtype=torch.float32) * grid
+    keys = []
+    for red in levels.split(32):  # 32 red levels (2M colours) per chunk bounds memory
+        rgb = torch.stack(torch.broadcast_tensors(red.view(-1, 1, 1), green, blue), dim=1)
+        cells = torch.round(rgb_to_lab(rgb)[:, 1:] / grid).to(torch.int64)
+        keys.append(torch.unique(cells[:, 0] * 4096 + cells[:, 1]))  # one int per (a, b) cell
+    occupied = torch.unique(torch.cat(keys))
+    a = torch.div(occupied + 2048, 4096, rounding_mode="floor")
+    b = occupied - a * 4096
+    return torch.stack([a, b], dim=1).to(torch.float32) * grid
 
 
 def load_bins(path: str) -> torch.Tensor:

@@ -1,0 +1,1 @@
+"""Tidy tables, rank correlations with bootstrap intervals, and the study figures."""

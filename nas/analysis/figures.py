@@ -1,0 +1,142 @@
+"""The study figures (seaborn), each saved as PNG and PDF."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from .correlation import best_of_m  # noqa: E402
+
+
+def _save(fig: plt.Figure, out_dir: Path, name: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+    for path in paths:
+        tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+        fig.savefig(tmp, dpi=150, bbox_inches="tight")
+        tmp.replace(path)
+    plt.close(fig)
+    return paths
+
+
+def _label(rows: pd.DataFrame) -> str:
+    spearman = rows[rows.method == "spearman"]
+    if spearman.empty or not np.isfinite(spearman.coef.iloc[0]):
+        return "rho = n/a"
+    r = spearman.iloc[0]
+    return f"rho = {r.coef:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}], n = {r.n}"
+
+
+def _grid(nrows: int, ncols: int, size: float = 3.2):
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    return fig, axes
+
+
+def pretext_vs_reference(long: pd.DataFrame, corr: pd.DataFrame, reference: str, out_dir: Path) -> list[Path]:
+    """UnNAS fig. 2: each pretext task's stand-alone accuracy against the reference task's, per dataset."""
+    data = long[(long.seed == -1) & long.proxy.str.startswith("standalone:")]
+    datasets, proxies = sorted(data.dataset.unique()), sorted(data.proxy.unique())
+    fig, axes = _grid(max(1, len(datasets)), max(1, len(proxies)))
+    for i, dataset in enumerate(datasets):
+        for j, proxy in enumerate(proxies):
+            ax = axes[i][j]
+            points = data[(data.dataset == dataset) & (data.proxy == proxy)]
+            sns.regplot(x=points.reference, y=points.value, ax=ax, ci=None,
+                        scatter_kws={"s": 14, "alpha": 0.8})
+            rows = corr[(corr.dataset == dataset) & (corr.proxy == proxy) & (corr.seed == "mean")]
+            ax.set_title(f"{dataset}: {proxy.split(':')[1]}\n{_label(rows)}", fontsize=8)
+            ax.set_xlabel(f"{reference} accuracy (%)")
+            ax.set_ylabel(f"{proxy.split(':')[1]} accuracy (%)")
+    if not proxies:
+        axes[0][0].text(0.5, 0.5, "no pretext tasks in this study", ha="center")
+    fig.tight_layout()
+    return _save(fig, out_dir, "pretext_vs_reference")
+
+
+def rank_heatmap(heat: pd.DataFrame, reference: str, out_dir: Path) -> list[Path]:
+    """Rank correlation of every proxy with the reference accuracy, mean over seeds, per dataset."""
+    datasets = sorted(heat.dataset.unique())
+    fig, axes = _grid(1, len(datasets), size=4.5)
+    for k, dataset in enumerate(datasets):
+        table = heat[heat.dataset == dataset].pivot_table(index="proxy", columns="method", values="coef")
+        sns.heatmap(table, ax=axes[0][k], annot=True, fmt=".2f", vmin=-1, vmax=1, cmap="vlag", cbar=k == len(datasets) - 1)
+        axes[0][k].set_title(f"{dataset}: rank correlation with {reference}", fontsize=9)
+        axes[0][k].set_xlabel("")
+        axes[0][k].set_ylabel("")
+    fig.tight_layout()
+    return _save(fig, out_dir, "rank_correlation_heatmap")
+
+
+def angle_vs_accuracy(long: pd.DataFrame, corr: pd.DataFrame, search: pd.DataFrame, reference: str,
+                      out_dir: Path) -> list[Path]:
+    """RLNAS style: angle against stand-alone accuracy, the architecture the angle search found highlighted."""
+    data = long[(long.seed == -1) & long.proxy.str.startswith("angle:")]
+    datasets, proxies = sorted(data.dataset.unique()), sorted(data.proxy.unique())
+    fig, axes = _grid(max(1, len(datasets)), max(1, len(proxies)))
+    for i, dataset in enumerate(datasets):
+        for j, proxy in enumerate(proxies):
+            ax = axes[i][j]
+            task = proxy.split(":")[1]
+            points = data[(data.dataset == dataset) & (data.proxy == proxy)]
+            ax.scatter(points.value, points.reference, s=14, alpha=0.8, label="sampled")
+            found = search[(search.dataset == dataset) & (search.search_task == task) & (search.fitness == "angle")]
+            if len(found):
+                ax.scatter(found.best_fitness, found.eval_acc_best, marker="*", s=160, color="crimson",
+                           edgecolor="black", label="searched (angle)")
+            rows = corr[(corr.dataset == dataset) & (corr.proxy == proxy) & (corr.seed == "mean")]
+            ax.set_title(f"{dataset}: supernet on {task}\n{_label(rows)}", fontsize=8)
+            ax.set_xlabel("angle (rad)")
+            ax.set_ylabel(f"{reference} accuracy (%)")
+            ax.legend(fontsize=6)
+    if not proxies:
+        axes[0][0].text(0.5, 0.5, "no supernet angles in this study", ha="center")
+    fig.tight_layout()
+    return _save(fig, out_dir, "angle_vs_accuracy")
+
+
+def best_of_m_figure(long: pd.DataFrame, reference: str, seed: int, out_dir: Path) -> tuple[list[Path], pd.DataFrame]:
+    """UnNAS fig. 5: reference accuracy of the best of m architectures picked by each proxy (mean +- 2 sd)."""
+    data = long[long.seed == -1]
+    datasets = sorted(data.dataset.unique())
+    fig, axes = _grid(1, len(datasets), size=4.5)
+    table = []
+    for k, dataset in enumerate(datasets):
+        ax = axes[0][k]
+        for proxy, group in data[data.dataset == dataset].groupby("proxy"):
+            rows = pd.DataFrame(best_of_m(group.value.to_numpy(), group.reference.to_numpy(), seed))
+            table.append(rows.assign(dataset=dataset, proxy=proxy))
+            ax.errorbar(rows.log2_m, rows["mean"], yerr=2 * rows.sd, label=proxy, capsize=2, marker="o", ms=3)
+        ax.set_xlabel("log2 m")
+        ax.set_ylabel(f"{reference} accuracy of the pick (%)")
+        ax.set_title(f"{dataset}: best of m", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, out_dir, "best_of_m"), pd.concat(table, ignore_index=True)
+
+
+def search_outcomes_figure(search: pd.DataFrame, long: pd.DataFrame, reference: str, out_dir: Path) -> list[Path]:
+    """Reference accuracy after retraining the architecture each (task, fitness) search found."""
+    datasets = sorted(search.dataset.unique()) if len(search) else ["(none)"]
+    fig, axes = _grid(1, len(datasets), size=4.5)
+    for k, dataset in enumerate(datasets):
+        ax = axes[0][k]
+        rows = search[search.dataset == dataset]
+        if len(rows):
+            sns.barplot(data=rows, x="search_task", y="eval_acc_best", hue="fitness", ax=ax, errorbar=None, alpha=0.6)
+            sns.stripplot(data=rows, x="search_task", y="eval_acc_best", hue="fitness", dodge=True, ax=ax,
+                          legend=False, color="black", size=4)
+            sampled = long[(long.dataset == dataset) & (long.seed == -1)].drop_duplicates("index").reference
+            ax.axhline(sampled.mean(), ls="--", color="gray", label="mean of sampled")
+            ax.axhline(sampled.max(), ls=":", color="gray", label="best of sampled")
+            ax.legend(fontsize=6)
+        ax.set_xlabel("task the supernet was trained on")
+        ax.set_ylabel(f"{reference} accuracy after retraining (%)")
+        ax.set_title(f"{dataset}: search outcomes", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out_dir, "search_outcomes")

@@ -1,0 +1,82 @@
+"""Correlation statistics (they must equal scipy's), bootstrap intervals, best-of-m, tidy tables."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from nas.analysis import correlation, tables
+
+
+@pytest.fixture
+def pairs():
+    rng = np.random.RandomState(0)
+    x = rng.normal(size=40)
+    return x, x + rng.normal(scale=0.8, size=40)
+
+
+def test_coefficients_equal_scipy(pairs):
+    x, y = pairs
+    spearman = stats.spearmanr(x, y)
+    kendall = stats.kendalltau(x, y)
+    assert correlation.coefficient(x, y, "spearman") == (pytest.approx(spearman.statistic, abs=0),
+                                                         pytest.approx(spearman.pvalue, abs=0))
+    assert correlation.coefficient(x, y, "kendall") == (pytest.approx(kendall.statistic, abs=0),
+                                                        pytest.approx(kendall.pvalue, abs=0))
+
+
+def test_ties_and_constants():
+    x = np.array([1, 2, 2, 3, 4, 4, 5.0])
+    y = np.array([2, 1, 3, 3, 5, 4, 6.0])
+    assert correlation.coefficient(x, y, "kendall")[0] == pytest.approx(stats.kendalltau(x, y).statistic)
+    assert np.isnan(correlation.coefficient(np.ones(5), np.arange(5.0), "spearman")[0])
+    with pytest.raises(ValueError, match="unknown correlation method 'pearsonr'"):
+        correlation.coefficient(x, y, "pearsonr")
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_is_seeded(pairs):
+    x, y = pairs
+    a = correlation.correlate(x, y, "spearman", n_resamples=300, seed=1)
+    b = correlation.correlate(x, y, "spearman", n_resamples=300, seed=1)
+    assert a == b
+    assert a["ci_low"] < a["coef"] < a["ci_high"] and a["n"] == 40
+    perfect = correlation.correlate(x, x, "kendall", n_resamples=100, seed=0)
+    assert perfect["coef"] == pytest.approx(1.0) and perfect["ci_low"] == pytest.approx(1.0)
+
+
+def test_best_of_m_with_a_perfect_proxy_reaches_the_best():
+    target = np.arange(16.0)
+    rows = correlation.best_of_m(target, target, seed=2)
+    assert [r["m"] for r in rows] == [1, 2, 4, 8, 16]
+    means = [r["mean"] for r in rows]
+    assert means[-1] == 15.0 and rows[-1]["sd"] == 0.0 and means[-1] > means[0]
+    assert [r["draws"] for r in rows] == [16, 8, 4, 2, 1]
+    anti = correlation.best_of_m(-target, target, seed=2)
+    assert anti[-1]["mean"] == 0.0
+
+
+def test_proxy_frame_and_correlation_table():
+    archs = range(8)
+    acc = {a: 50 + 3 * a for a in archs}
+    standalone = pd.DataFrame(
+        [{"space": "nb201", "dataset": "d", "task": task, "seed": seed, "index": a,
+          "eval_acc_best": acc[a] + (seed if task == "cls" else -a * (task == "rot")),
+          "eval_acc_final": acc[a], "params": 100 + a, "flops": 1000 - a}
+         for task in ("cls", "rot") for seed in (0, 1) for a in archs])
+    proxies = pd.DataFrame([{"space": "nb201", "dataset": "d", "task": "rand", "seed": seed, "index": a,
+                             "angle": 0.1 * a, "supernet_acc": 10.0} for seed in (0, 1) for a in archs])
+    long = tables.proxy_frame(standalone, proxies, "cls", "best")
+    # reference = cls accuracy averaged over seeds
+    assert long[long["index"] == 3].reference.iloc[0] == pytest.approx(acc[3] + 0.5)
+    corr = tables.correlation_table(long, n_resamples=0, seed=0)
+    mean_rows = corr[(corr.seed == "mean") & (corr.method == "spearman")].set_index("proxy")
+    assert mean_rows.loc["params", "coef"] == pytest.approx(1.0)
+    assert mean_rows.loc["flops", "coef"] == pytest.approx(-1.0)
+    assert mean_rows.loc["angle:rand", "coef"] == pytest.approx(1.0)
+    assert np.isnan(mean_rows.loc["supernet_acc:rand", "coef"])  # constant proxy: undefined, not silently 0
+    assert mean_rows.loc["params", "seeds"] == "0;1"
+    per_seed = corr[(corr.seed == "0") & (corr.proxy == "standalone:rot")]
+    assert len(per_seed) == 2 and per_seed.n.tolist() == [8, 8]
+    heat = tables.heatmap_table(corr)
+    assert set(heat.method) == {"spearman", "kendall"}

@@ -1,0 +1,107 @@
+"""The Snakemake workflow through its Python API, in a temporary folder: a tiny study end to end."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_STUDY = {
+    "threads": 1,
+    "progress": False,
+    "study": {"name": "tiny", "tasks": ["cls", "rot", "rand"], "supernet_tasks": ["rand"],
+              "fitnesses": ["angle", "accuracy"], "seeds": [0], "shard_size": 4, "bootstrap": 50},
+    "sample": {"num_archs": 6},
+    "space": {"channels": 4, "cells_per_stage": 1},
+    "dataset": {"limit": 300, "image_size": 12},
+    "supernet": {"epochs": 1, "batch_size": 50, "lr": 0.05},
+    "train": {"epochs": 1, "batch_size": 50, "lr": 0.05},
+    "score": {"bn_recal_batches": 1, "batch_size": 100},
+    "search": {"population": 4, "parents": 2, "mutations": 2, "crossovers": 2, "generations": 2, "topk": 2},
+}
+
+
+def run_workflow(workdir: Path, config: dict, targets=("all_figures",), dryrun: bool = False):
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+
+    configfile = workdir / "study.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    with SnakemakeApi(OutputSettings(quiet=None, show_failed_logs=True)) as api:
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(cores=2, resources={"gpu": 2}),
+            config_settings=ConfigSettings(configfiles=[configfile]),
+            snakefile=REPO / "Snakefile",
+            workdir=workdir,
+        )
+        dag = workflow.dag(DAGSettings(targets=set(targets)))
+        dag.execute_workflow(executor="local", pseudo_executor="dryrun" if dryrun else None)
+
+
+@pytest.mark.slow
+def test_tiny_study_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = dict(TINY_STUDY, results_dir=str(tmp_path / "results"))
+    run_workflow(tmp_path, config)
+    study = tmp_path / "results" / "tiny"
+    standalone = pd.read_csv(study / "tables" / "standalone.csv")
+    assert len(standalone) == 6 * 3  # architectures x tasks x seeds
+    assert set(standalone.task) == {"cls", "rot", "rand"}
+    proxies = pd.read_csv(study / "tables" / "proxies.csv")
+    assert len(proxies) == 6 and proxies.angle.gt(0).all()
+    search = pd.read_csv(study / "tables" / "search.csv")
+    assert sorted(search.fitness) == ["accuracy", "angle"] and set(search.retrain_task) == {"cls"}
+    correlations = pd.read_csv(study / "correlations" / "correlations.csv")
+    assert {"standalone:rot", "standalone:rand", "angle:rand", "supernet_acc:rand", "params", "flops"} <= set(
+        correlations.proxy)
+    assert {"spearman", "kendall"} == set(correlations.method)
+    for column in ("coef", "ci_low", "ci_high", "n", "seeds"):
+        assert column in correlations.columns
+    figures = json.loads((study / "figures" / "summary.json").read_text())["outputs"]["files"]
+    names = {Path(f).name for f in figures}
+    for stem in ("pretext_vs_reference", "rank_correlation_heatmap", "angle_vs_accuracy", "best_of_m",
+                 "search_outcomes"):
+        assert {f"{stem}.png", f"{stem}.pdf"} <= names
+        assert (study / "figures" / f"{stem}.png").stat().st_size > 1000
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'results' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    jobs = [r for r in runs if r.data.tags.get("stage") != "study"]
+    assert jobs and all(r.info.status == "FINISHED" for r in jobs)
+    assert all("rule" in r.data.tags and "mlflow.parentRunId" in r.data.tags for r in jobs)
+    stages = {r.data.tags["stage"] for r in jobs}
+    assert {"sample", "train-supernet", "score", "search", "train", "correlate", "figures"} <= stages
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"study": {"tasks": ["cls", "col"]}}, "task 'col' cannot run on dataset 'mnist5k'"),
+    ({"study": {"seeds": [0, 0]}}, "seeds"),
+    ({"study": {"taks": ["cls"]}}, "taks"),
+    ({"train": {"epochs": -1}}, "epochs"),
+    ({"study": {"task_overrides": {"rot": {"train.lrr": 0.1}}}}, "train.lrr"),
+])
+def test_malformed_study_is_rejected_before_any_job(tmp_path, monkeypatch, change, message):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = json.loads(json.dumps(dict(TINY_STUDY, results_dir=str(tmp_path / "results"))))
+    for section, values in change.items():
+        config.setdefault(section, {}).update(values)
+    with pytest.raises(Exception) as caught:
+        run_workflow(tmp_path, config)
+    assert message in str(caught.value)
+    assert not (tmp_path / "results" / "tiny" / "tracking.json").exists()
+
+
+def test_default_and_paper_configs_plan(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("configs/default.yaml", "configs/studies/unnas_nb201_cifar10.yaml",
+                 "configs/studies/rlnas_nb201_cifar.yaml"):
+        config = yaml.safe_load((REPO / name).read_text())
+        config["results_dir"] = str(tmp_path / "results")
+        run_workflow(tmp_path, config, dryrun=True)

@@ -1,0 +1,121 @@
+# Grid and path helpers shared by every rule file. Each job calls the `nas` CLI with the study's
+# resolved config plus the overrides its wildcards fix.
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+
+from nas.config import apply_overrides, validate as validate_job_config
+from nas.registry import ConfigError
+from nas.tasks import check_task_on_dataset
+
+# The Python that runs Snakemake has `nas` importable (this file imports it), so jobs use the same one.
+NAS = f"{shlex.quote(sys.executable)} -m nas"
+STUDY = config["study"]
+RESULTS = f"{config['results_dir']}/{STUDY['name']}"
+TRACKING = f"{RESULTS}/tracking.json"
+CONFIG_FILE = f"{RESULTS}/config.yaml"
+SPACES = STUDY["spaces"]
+DATASETS = STUDY["datasets"]
+TASKS = STUDY["tasks"]
+SEEDS = STUDY["seeds"]
+SUPERNET_TASKS = STUDY["supernet_tasks"]
+FITNESSES = STUDY["fitnesses"]
+REFERENCE = STUDY["reference_task"]
+NUM_SHARDS = math.ceil(config["sample"]["num_archs"] / STUDY["shard_size"])
+
+# ---- checks that must fail before any job starts ------------------------------------------------
+if REFERENCE not in TASKS:
+    raise WorkflowError(f"config key 'study.reference_task': {REFERENCE!r} must be one of study.tasks {TASKS}")
+for _dataset in DATASETS:
+    for _task in sorted(set(TASKS) | set(SUPERNET_TASKS)):
+        try:
+            check_task_on_dataset(_task, _dataset)
+        except ConfigError as err:
+            raise WorkflowError(f"config keys 'study.tasks'/'study.supernet_tasks': {err}")
+
+
+def extra_overrides(task=None, dataset=None):
+    """The study's per-task and per-dataset overrides for one job, as key=value words."""
+    pairs = {}
+    pairs.update(STUDY["dataset_overrides"].get(dataset, {}))
+    pairs.update(STUDY["task_overrides"].get(task, {}))
+    return [f"{k}={json.dumps(v)}" for k, v in pairs.items()]
+
+
+for _dataset in DATASETS:
+    for _task in sorted(set(TASKS) | set(SUPERNET_TASKS)):
+        _words = extra_overrides(_task, _dataset)
+        try:
+            validate_job_config(apply_overrides(json.loads(json.dumps(config)), _words))
+        except ConfigError as err:
+            raise WorkflowError(f"config keys 'study.task_overrides'/'study.dataset_overrides' ({_task}, {_dataset}): {err}")
+if SUPERNET_TASKS and not FITNESSES:
+    raise WorkflowError("config key 'study.fitnesses' is empty but study.supernet_tasks asks for searches")
+
+# The tracking store must be absolute, or jobs started elsewhere would log into a store of their own.
+os.environ.setdefault(
+    "MLFLOW_TRACKING_URI", f"sqlite:///{Path(config['results_dir']).resolve() / 'mlflow.db'}"
+)
+
+
+# ---- the resolved config every job reads ---------------------------------------------------------
+def _write_resolved_config():
+    text = yaml.safe_dump(config, sort_keys=True)
+    path = Path(CONFIG_FILE)
+    if not path.is_file() or path.read_text() != text:  # unchanged content keeps its mtime
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+
+_write_resolved_config()
+
+
+def settings(*sections):
+    """A digest of the config sections a rule depends on: a change re-runs exactly the affected jobs."""
+    chosen = {s: config[s] for s in sections}
+    return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def nas_args(rule_name, **fixed):
+    """Shell arguments common to every job: config, overrides from wildcards, tracking and tags."""
+
+    def build(wildcards):
+        values = {k: wildcards[k] for k in ("space", "dataset", "task", "seed") if k in wildcards.keys()}
+        values.update(fixed)  # e.g. the reference task for retraining a search's pick
+        overrides = []
+        names = {"space": "space.name", "dataset": "dataset.name", "task": "task.name", "seed": "seed"}
+        for key, value in values.items():
+            overrides.append(f"{names.get(key, key)}={value}")
+        overrides += [shlex.quote(w) for w in extra_overrides(values.get("task"), values.get("dataset"))]
+        tags = [f"--tag rule={rule_name}"] + [f"--tag wildcard.{k}={v}" for k, v in wildcards.items()]
+        return " ".join(
+            [f"--config {CONFIG_FILE}", *overrides, f"--tracking-info {TRACKING}", *tags, "progress=false"]
+        )
+
+    return build
+
+
+def run_dir(stage, *parts):
+    return "/".join([RESULTS, stage, "{space}", "{dataset}", "{task}", "seed{seed}", *parts])
+
+
+def expand_grid(pattern, tasks, **extra):
+    return expand(pattern, space=SPACES, dataset=DATASETS, task=tasks, seed=SEEDS, **extra)
+
+
+wildcard_constraints:
+    seed=r"\d+",
+    shard=r"\d+",
+    fitness="|".join(["angle", "accuracy"]),
+    space="[A-Za-z0-9_]+",
+    dataset="[A-Za-z0-9_]+",
+    task="[a-z]+",

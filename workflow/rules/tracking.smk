@@ -1,0 +1,12 @@
+# The tracking store, the study's experiment and its parent run are created once, before any job:
+# concurrent first use of a fresh MLflow store crashes.
+
+
+rule tracking_init:
+    output:
+        TRACKING,
+    log:
+        f"{RESULTS}/logs/tracking_init.log",
+    localrule: True
+    shell:
+        "{NAS} tracking-init --config {CONFIG_FILE} --out {output} > {log} 2>&1"
