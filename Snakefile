@@ -19,6 +19,15 @@ envvars:
     "MLFLOW_TRACKING_URI",
 
 
+wildcard_constraints:
+    seed=r"\d+",
+    shard=r"\d+",
+    fitness="angle|accuracy",
+    space="[A-Za-z0-9_]+",
+    dataset="[A-Za-z0-9_]+",
+    task="[a-z]+",
+
+
 rule all_figures:
     """The default target: every figure of the study (and all it needs)."""
     input:

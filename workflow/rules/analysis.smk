@@ -6,9 +6,13 @@ rule collect_standalone:
         expand_grid(run_dir("train", "shard{shard}", "results.csv"), TASKS, shard=range(NUM_SHARDS)),
     output:
         f"{RESULTS}/tables/standalone.csv",
+    params:
+        cmd=f"{NAS} collect --kind standalone",
+    log:
+        f"{RESULTS}/logs/collect_standalone.log",
     localrule: True
     shell:
-        "{NAS} collect --kind standalone --inputs {input} --out {output}"
+        "{params.cmd} --inputs {input} --out {output} > {log} 2>&1"
 
 
 rule collect_proxies:
@@ -16,9 +20,13 @@ rule collect_proxies:
         expand_grid(run_dir("score", "scores.csv"), SUPERNET_TASKS),
     output:
         f"{RESULTS}/tables/proxies.csv",
+    params:
+        cmd=f"{NAS} collect --kind proxies",
+    log:
+        f"{RESULTS}/logs/collect_proxies.log",
     localrule: True
     shell:
-        "{NAS} collect --kind proxies --inputs {input} --out {output}"
+        "{params.cmd} --inputs {input} --out {output} > {log} 2>&1"
 
 
 rule collect_search:
@@ -26,9 +34,13 @@ rule collect_search:
         expand_grid(run_dir("retrain", "{fitness}", "results.csv"), SUPERNET_TASKS, fitness=FITNESSES),
     output:
         f"{RESULTS}/tables/search.csv",
+    params:
+        cmd=f"{NAS} collect --kind search",
+    log:
+        f"{RESULTS}/logs/collect_search.log",
     localrule: True
     shell:
-        "{NAS} collect --kind search --inputs {input} --out {output}"
+        "{params.cmd} --inputs {input} --out {output} > {log} 2>&1"
 
 
 rule correlate:
@@ -40,14 +52,14 @@ rule correlate:
         correlations=f"{RESULTS}/correlations/correlations.csv",
         summary=f"{RESULTS}/correlations/summary.json",
     params:
-        nas=nas_args("correlate"),
+        cmd=nas_command("correlate", "correlate"),
         settings=settings("study"),
         proxies=lambda w, input: f"--proxies {input.proxies}" if SUPERNET_TASKS else "",
     localrule: True
     log:
         f"{RESULTS}/logs/correlate.log",
     shell:
-        "{NAS} correlate {params.nas} --standalone {input.standalone} {params.proxies}"
+        "{params.cmd} --standalone {input.standalone} {params.proxies}"
         " --out $(dirname {output.summary}) > {log} 2>&1"
 
 
@@ -59,11 +71,11 @@ rule figures:
     output:
         summary=f"{RESULTS}/figures/summary.json",
     params:
-        nas=nas_args("figures"),
+        cmd=nas_command("figures", "figures"),
         search=lambda w, input: f"--search {input.search}" if SUPERNET_TASKS else "",
     localrule: True
     log:
         f"{RESULTS}/logs/figures.log",
     shell:
-        "{NAS} figures {params.nas} --correlations $(dirname {input.correlations}) {params.search}"
+        "{params.cmd} --correlations $(dirname {input.correlations}) {params.search}"
         " --out $(dirname {output.summary}) > {log} 2>&1"

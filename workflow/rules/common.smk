@@ -38,7 +38,7 @@ for _dataset in DATASETS:
         try:
             check_task_on_dataset(_task, _dataset)
         except ConfigError as err:
-            raise WorkflowError(f"config keys 'study.tasks'/'study.supernet_tasks': {err}")
+            raise WorkflowError(f"config key 'study.tasks' or 'study.supernet_tasks': {err}")
 
 
 def extra_overrides(task=None, dataset=None):
@@ -55,7 +55,9 @@ for _dataset in DATASETS:
         try:
             validate_job_config(apply_overrides(json.loads(json.dumps(config)), _words))
         except ConfigError as err:
-            raise WorkflowError(f"config keys 'study.task_overrides'/'study.dataset_overrides' ({_task}, {_dataset}): {err}")
+            raise WorkflowError(
+                f"config key 'study.task_overrides' or 'study.dataset_overrides' ({_task} on {_dataset}): {err}"
+            )
 if SUPERNET_TASKS and not FITNESSES:
     raise WorkflowError("config key 'study.fitnesses' is empty but study.supernet_tasks asks for searches")
 
@@ -80,13 +82,13 @@ _write_resolved_config()
 
 
 def settings(*sections):
-    """A digest of the config sections a rule depends on: a change re-runs exactly the affected jobs."""
+    """A digest of the config sections a job depends on; when it changes, exactly the affected jobs re-run."""
     chosen = {s: config[s] for s in sections}
     return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def nas_args(rule_name, **fixed):
-    """Shell arguments common to every job: config, overrides from wildcards, tracking and tags."""
+def nas_command(stage, rule_name, **fixed):
+    """The `nas <stage>` command line of a job: config, overrides from wildcards, tracking and tags."""
 
     def build(wildcards):
         values = {k: wildcards[k] for k in ("space", "dataset", "task", "seed") if k in wildcards.keys()}
@@ -98,24 +100,15 @@ def nas_args(rule_name, **fixed):
         overrides += [shlex.quote(w) for w in extra_overrides(values.get("task"), values.get("dataset"))]
         tags = [f"--tag rule={rule_name}"] + [f"--tag wildcard.{k}={v}" for k, v in wildcards.items()]
         return " ".join(
-            [f"--config {CONFIG_FILE}", *overrides, f"--tracking-info {TRACKING}", *tags, "progress=false"]
+            [NAS, stage, f"--config {CONFIG_FILE}", *overrides, f"--tracking-info {TRACKING}", *tags, "progress=false"]
         )
 
     return build
 
 
 def run_dir(stage, *parts):
-    return "/".join([RESULTS, stage, "{space}", "{dataset}", "{task}", "seed{seed}", *parts])
+    return os.path.join(RESULTS, stage, "{space}", "{dataset}", "{task}", "seed{seed}", *parts)
 
 
 def expand_grid(pattern, tasks, **extra):
     return expand(pattern, space=SPACES, dataset=DATASETS, task=tasks, seed=SEEDS, **extra)
-
-
-wildcard_constraints:
-    seed=r"\d+",
-    shard=r"\d+",
-    fitness="|".join(["angle", "accuracy"]),
-    space="[A-Za-z0-9_]+",
-    dataset="[A-Za-z0-9_]+",
-    task="[a-z]+",

@@ -8,9 +8,9 @@ rule sample:
         archs=f"{RESULTS}/archs/{{space}}/archs.json",
         summary=f"{RESULTS}/archs/{{space}}/summary.json",
     params:
-        nas=nas_args("sample"),
+        cmd=nas_command("sample", "sample"),
         settings=settings("space", "sample", "seed"),
     log:
         f"{RESULTS}/logs/sample/{{space}}.log",
     shell:
-        "{NAS} sample {params.nas} --out $(dirname {output.summary}) > {log} 2>&1"
+        "{params.cmd} --out $(dirname {output.summary}) > {log} 2>&1"

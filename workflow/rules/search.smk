@@ -10,7 +10,7 @@ rule score:
         scores=run_dir("score", "scores.csv"),
         summary=run_dir("score", "summary.json"),
     params:
-        nas=nas_args("score"),
+        cmd=nas_command("score", "score"),
         settings=settings("score"),
     threads: 1
     resources:
@@ -18,7 +18,7 @@ rule score:
     log:
         run_dir("logs", "score.log"),
     shell:
-        "{NAS} score {params.nas} threads={threads} --supernet $(dirname {input.supernet}) --archs {input.archs}"
+        "{params.cmd} threads={threads} --supernet $(dirname {input.supernet}) --archs {input.archs}"
         " --out $(dirname {output.summary}) > {log} 2>&1"
 
 
@@ -30,7 +30,7 @@ rule search:
         topk=run_dir("search", "{fitness}", "topk.json"),
         summary=run_dir("search", "{fitness}", "summary.json"),
     params:
-        nas=nas_args("search"),
+        cmd=nas_command("search", "search"),
         settings=settings("search", "score"),
     threads: 1
     resources:
@@ -38,5 +38,5 @@ rule search:
     log:
         run_dir("logs", "search_{fitness}.log"),
     shell:
-        "{NAS} search {params.nas} threads={threads} search.fitness={wildcards.fitness}"
+        "{params.cmd} threads={threads} search.fitness={wildcards.fitness}"
         " --supernet $(dirname {input.supernet}) --out $(dirname {output.summary}) > {log} 2>&1"

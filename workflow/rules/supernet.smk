@@ -7,7 +7,7 @@ rule train_supernet:
     output:
         summary=run_dir("supernet", "summary.json"),
     params:
-        nas=nas_args("train_supernet"),
+        cmd=nas_command("train-supernet", "train_supernet"),
         settings=settings("space", "dataset", "task", "supernet"),
     threads: 1
     resources:
@@ -15,4 +15,4 @@ rule train_supernet:
     log:
         run_dir("logs", "supernet.log"),
     shell:
-        "{NAS} train-supernet {params.nas} threads={threads} --out $(dirname {output.summary}) > {log} 2>&1"
+        "{params.cmd} threads={threads} --out $(dirname {output.summary}) > {log} 2>&1"

@@ -5,8 +5,10 @@
 rule tracking_init:
     output:
         TRACKING,
+    params:
+        cmd=f"{NAS} tracking-init --config {CONFIG_FILE}",
     log:
         f"{RESULTS}/logs/tracking_init.log",
     localrule: True
     shell:
-        "{NAS} tracking-init --config {CONFIG_FILE} --out {output} > {log} 2>&1"
+        "{params.cmd} --out {output} > {log} 2>&1"

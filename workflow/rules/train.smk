@@ -10,7 +10,7 @@ rule train_shard:
         results=run_dir("train", "shard{shard}", "results.csv"),
         summary=run_dir("train", "shard{shard}", "summary.json"),
     params:
-        nas=nas_args("train_shard"),
+        cmd=nas_command("train", "train_shard"),
         settings=settings("space", "dataset", "task", "train"),
         shards=NUM_SHARDS,
     threads: 1
@@ -19,7 +19,7 @@ rule train_shard:
     log:
         run_dir("logs", "train_shard{shard}.log"),
     shell:
-        "{NAS} train {params.nas} threads={threads} --archs {input.archs} --shard {wildcards.shard}/{params.shards}"
+        "{params.cmd} threads={threads} --archs {input.archs} --shard {wildcards.shard}/{params.shards}"
         " --out $(dirname {output.summary}) > {log} 2>&1"
 
 
@@ -31,7 +31,7 @@ rule retrain:
         results=run_dir("retrain", "{fitness}", "results.csv"),
         summary=run_dir("retrain", "{fitness}", "summary.json"),
     params:
-        nas=nas_args("retrain", task=REFERENCE),
+        cmd=nas_command("train", "retrain", task=REFERENCE),
         settings=settings("space", "dataset", "train"),
     threads: 1
     resources:
@@ -39,5 +39,5 @@ rule retrain:
     log:
         run_dir("logs", "retrain_{fitness}.log"),
     shell:
-        "{NAS} train {params.nas} threads={threads} --archs {input.topk} --top 1"
+        "{params.cmd} threads={threads} --archs {input.topk} --top 1"
         " --out $(dirname {output.summary}) > {log} 2>&1"
