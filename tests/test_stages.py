@@ -204,3 +204,26 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     (other / "checkpoint.pt").write_bytes((arch_dir / "checkpoint.pt").read_bytes())
     result = nas("train", "--config", str(cfg), "train.lr=0.01", "--arch", first, "--out", str(tmp_path / "b"), check=False)
     assert result.returncode == 2 and "belongs to another job" in result.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_run_failed(tmp_path):
+    cfg = write_config(tmp_path, **{"train.epochs": 30})
+    arch = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    proc = subprocess.Popen([sys.executable, "-m", "nas", "train", "--config", str(cfg), "--arch", arch,
+                             "--out", str(tmp_path / "t")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    metrics = tmp_path / "t" / "arch-{:05d}".format(_index_of(arch)) / "metrics.csv"
+    _wait_for_epoch(metrics, proc)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    assert [r.info.status for r in runs(tmp_path)] == ["FAILED"]
+
+
+def _index_of(arch: str) -> int:
+    from nas.config import load_config
+    from nas.spaces import build_space
+
+    space = build_space(load_config(None)["space"])
+    return space.to_index(space.from_str(arch))

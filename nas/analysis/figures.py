@@ -38,25 +38,33 @@ def _grid(nrows: int, ncols: int, size: float = 3.2):
     return fig, axes
 
 
-def pretext_vs_reference(long: pd.DataFrame, corr: pd.DataFrame, reference: str, out_dir: Path) -> list[Path]:
-    """UnNAS fig. 2: each pretext task's stand-alone accuracy against the reference task's, per dataset."""
-    data = long[(long.seed == -1) & long.proxy.str.startswith("standalone:")]
+def _panels(long: pd.DataFrame, corr: pd.DataFrame, prefix: str, empty: str, draw) -> plt.Figure:
+    """One panel per (dataset, proxy starting with ``prefix``) of seed-mean values, titled with its rho."""
+    data = long[(long.seed == -1) & long.proxy.str.startswith(prefix)]
     datasets, proxies = sorted(data.dataset.unique()), sorted(data.proxy.unique())
     fig, axes = _grid(max(1, len(datasets)), max(1, len(proxies)))
     for i, dataset in enumerate(datasets):
         for j, proxy in enumerate(proxies):
-            ax = axes[i][j]
-            points = data[(data.dataset == dataset) & (data.proxy == proxy)]
-            sns.regplot(x=points.reference, y=points.value, ax=ax, ci=None,
-                        scatter_kws={"s": 14, "alpha": 0.8})
             rows = corr[(corr.dataset == dataset) & (corr.proxy == proxy) & (corr.seed == "mean")]
-            ax.set_title(f"{dataset}: {proxy.split(':')[1]}\n{_label(rows)}", fontsize=8)
-            ax.set_xlabel(f"{reference} accuracy (%)")
-            ax.set_ylabel(f"{proxy.split(':')[1]} accuracy (%)")
+            draw(axes[i][j], dataset, proxy.split(":")[1], data[(data.dataset == dataset) & (data.proxy == proxy)],
+                 _label(rows))
     if not proxies:
-        axes[0][0].text(0.5, 0.5, "no pretext tasks in this study", ha="center")
+        axes[0][0].text(0.5, 0.5, empty, ha="center")
     fig.tight_layout()
-    return _save(fig, out_dir, "pretext_vs_reference")
+    return fig
+
+
+def pretext_vs_reference(long: pd.DataFrame, corr: pd.DataFrame, reference: str, out_dir: Path) -> list[Path]:
+    """UnNAS fig. 2: each pretext task's stand-alone accuracy against the reference task's, per dataset."""
+
+    def draw(ax, dataset, task, points, label):
+        sns.regplot(x=points.reference, y=points.value, ax=ax, ci=None, scatter_kws={"s": 14, "alpha": 0.8})
+        ax.set_title(f"{dataset}: {task}\n{label}", fontsize=8)
+        ax.set_xlabel(f"{reference} accuracy (%)")
+        ax.set_ylabel(f"{task} accuracy (%)")
+
+    return _save(_panels(long, corr, "standalone:", "no pretext tasks in this study", draw), out_dir,
+                 "pretext_vs_reference")
 
 
 def rank_heatmap(heat: pd.DataFrame, reference: str, out_dir: Path) -> list[Path]:
@@ -76,28 +84,20 @@ def rank_heatmap(heat: pd.DataFrame, reference: str, out_dir: Path) -> list[Path
 def angle_vs_accuracy(long: pd.DataFrame, corr: pd.DataFrame, search: pd.DataFrame, reference: str,
                       out_dir: Path) -> list[Path]:
     """RLNAS style: angle against stand-alone accuracy, the architecture the angle search found highlighted."""
-    data = long[(long.seed == -1) & long.proxy.str.startswith("angle:")]
-    datasets, proxies = sorted(data.dataset.unique()), sorted(data.proxy.unique())
-    fig, axes = _grid(max(1, len(datasets)), max(1, len(proxies)))
-    for i, dataset in enumerate(datasets):
-        for j, proxy in enumerate(proxies):
-            ax = axes[i][j]
-            task = proxy.split(":")[1]
-            points = data[(data.dataset == dataset) & (data.proxy == proxy)]
-            ax.scatter(points.value, points.reference, s=14, alpha=0.8, label="sampled")
-            found = search[(search.dataset == dataset) & (search.search_task == task) & (search.fitness == "angle")]
-            if len(found):
-                ax.scatter(found.best_fitness, found.eval_acc_best, marker="*", s=160, color="crimson",
-                           edgecolor="black", label="searched (angle)")
-            rows = corr[(corr.dataset == dataset) & (corr.proxy == proxy) & (corr.seed == "mean")]
-            ax.set_title(f"{dataset}: supernet on {task}\n{_label(rows)}", fontsize=8)
-            ax.set_xlabel("angle (rad)")
-            ax.set_ylabel(f"{reference} accuracy (%)")
-            ax.legend(fontsize=6)
-    if not proxies:
-        axes[0][0].text(0.5, 0.5, "no supernet angles in this study", ha="center")
-    fig.tight_layout()
-    return _save(fig, out_dir, "angle_vs_accuracy")
+
+    def draw(ax, dataset, task, points, label):
+        ax.scatter(points.value, points.reference, s=14, alpha=0.8, label="sampled")
+        found = search[(search.dataset == dataset) & (search.search_task == task) & (search.fitness == "angle")]
+        if len(found):
+            ax.scatter(found.best_fitness, found.eval_acc_best, marker="*", s=160, color="crimson",
+                       edgecolor="black", label="searched (angle)")
+        ax.set_title(f"{dataset}: supernet on {task}\n{label}", fontsize=8)
+        ax.set_xlabel("angle (rad)")
+        ax.set_ylabel(f"{reference} accuracy (%)")
+        ax.legend(fontsize=6)
+
+    return _save(_panels(long, corr, "angle:", "no supernet angles in this study", draw), out_dir,
+                 "angle_vs_accuracy")
 
 
 def best_of_m_figure(long: pd.DataFrame, reference: str, seed: int, out_dir: Path) -> tuple[list[Path], pd.DataFrame]:
@@ -111,11 +111,13 @@ def best_of_m_figure(long: pd.DataFrame, reference: str, seed: int, out_dir: Pat
         for proxy, group in data[data.dataset == dataset].groupby("proxy"):
             rows = pd.DataFrame(best_of_m(group.value.to_numpy(), group.reference.to_numpy(), seed))
             table.append(rows.assign(dataset=dataset, proxy=proxy))
-            ax.errorbar(rows.log2_m, rows["mean"], yerr=2 * rows.sd, label=proxy, capsize=2, marker="o", ms=3)
+            line, = ax.plot(rows.log2_m, rows["mean"], marker="o", ms=3, label=proxy)
+            ax.fill_between(rows.log2_m, rows["mean"] - 2 * rows.sd, rows["mean"] + 2 * rows.sd,
+                            color=line.get_color(), alpha=0.08)
         ax.set_xlabel("log2 m")
-        ax.set_ylabel(f"{reference} accuracy of the pick (%)")
+        ax.set_ylabel(f"{reference} accuracy of the pick (%), mean +- 2 sd")
         ax.set_title(f"{dataset}: best of m", fontsize=9)
-        ax.legend(fontsize=6)
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     return _save(fig, out_dir, "best_of_m"), pd.concat(table, ignore_index=True)
 
@@ -130,7 +132,7 @@ def search_outcomes_figure(search: pd.DataFrame, long: pd.DataFrame, reference: 
         if len(rows):
             sns.barplot(data=rows, x="search_task", y="eval_acc_best", hue="fitness", ax=ax, errorbar=None, alpha=0.6)
             sns.stripplot(data=rows, x="search_task", y="eval_acc_best", hue="fitness", dodge=True, ax=ax,
-                          legend=False, color="black", size=4)
+                          legend=False, palette="dark:black", size=4)
             sampled = long[(long.dataset == dataset) & (long.seed == -1)].drop_duplicates("index").reference
             ax.axhline(sampled.mean(), ls="--", color="gray", label="mean of sampled")
             ax.axhline(sampled.max(), ls=":", color="gray", label="best of sampled")
