@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ def _lease_gpu(count: int, poll_seconds: float = 2.0) -> int:
             _held_locks.append(handle)
             return index
         if waited == 0.0 or int(waited) % 60 < poll_seconds:
-            print(f"[nas] all {count} GPUs are leased by other jobs; waiting", flush=True)
+            print(f"[nas] all {count} GPUs are leased by other jobs; waiting", file=sys.stderr, flush=True)
         pause = poll_seconds * (0.5 + random.random())
         time.sleep(pause)
         waited += pause
