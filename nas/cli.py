@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", help="train only shard i of n of the listed architectures, as i/n")
     p.add_argument("--top", type=int, help="train only the first N architectures of --archs (e.g. the best found)")
 
+    p = stages.add_parser("proxies", help="zero-cost proxies of untrained networks from one seeded minibatch")
+    _common(p)
+    p.add_argument("--archs", required=True, type=Path, help="archs.json written by `nas sample`")
+    p.add_argument("--shard", help="score only shard i of n of the listed architectures, as i/n")
+
     p = stages.add_parser("collect", help="tidy one table from per-job result files")
     p.add_argument("--kind", required=True, choices=["standalone", "proxies", "search"])
     p.add_argument("--inputs", required=True, nargs="+", type=Path)
@@ -125,6 +130,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         summary = stages.score(cfg, args.out, args.supernet, args.archs, tracking_info, tags)
     elif args.stage == "search":
         summary = stages.search(cfg, args.out, args.supernet, tracking_info, tags)
+    elif args.stage == "proxies":
+        summary = stages.proxies(cfg, args.out, args.archs, args.shard, tracking_info, tags)
     elif args.stage == "correlate":
         summary = stages.correlate(cfg, args.out, args.standalone, args.proxies, tracking_info, tags)
     elif args.stage == "figures":

@@ -408,6 +408,57 @@ def describe(space_cfg: dict[str, Any], archs: list[str] | None, all_archs: bool
                           "flops": cost.flops})
 
 
+def proxies(cfg: dict[str, Any], out_dir: Path, archs_file: Path, shard: str | None, tracking_info: dict | None,
+            tags: dict[str, str]) -> dict[str, Any]:
+    """Zero-cost proxies of untrained networks, from one fixed seeded minibatch of the task's inputs."""
+    from .proxies import ProxyInputs, score_network
+
+    started = time.time()
+    space = build_space(cfg["space"])
+    arch_list, shard_index, shard_count = shard_of(read_archs(space, archs_file), shard)
+    device = _setup(cfg)
+    job_cfg = {**cfg, "task": {**cfg["task"], "name": cfg["proxies"]["task"]}}
+    data, task = _data_and_task(job_cfg, device)
+    generator = torch.Generator().manual_seed(cfg["seed"])
+    images, labels, ids = next(iter_batches_once(data, cfg["proxies"]["batch_size"], generator))
+    inputs, targets = task.prepare(images.float() / 255.0, labels, ids, train=False, generator=generator)
+    batch = ProxyInputs(inputs, targets, task.loss)
+    names = cfg["proxies"]["names"]
+    begin_job(out_dir)
+    rows = []
+    with TrackedRun(cfg, "proxies", _tags(job_cfg, {"shard": f"{shard_index}/{shard_count}", **tags}), out_dir,
+                    tracking_info) as run:
+        for arch in arch_list:
+            cost = space.cost(arch, task.num_outputs, task.in_channels, data.info.image_size)
+            row = {"space": space.name, "dataset": cfg["dataset"]["name"], "seed": cfg["seed"],
+                   "index": space.to_index(arch), "arch": space.to_str(arch)}
+            for name in names:
+                if name in ("params", "flops"):
+                    row[name] = getattr(cost, name)
+                    continue
+                torch.manual_seed(cfg["seed"])  # the same initialisation scheme for every architecture
+                model = TaskModel(space.build_network(arch, task.in_channels), task).to(device)
+                row[name] = score_network(name, model, batch)
+            rows.append(row)
+        write_table(out_dir / "proxies.csv", rows)
+        run.log_artifact(out_dir / "proxies.csv")
+        run.log_metrics({"num_archs": len(rows)}, step=0)
+        return write_summary(out_dir, "proxies", cfg, run, started, {"num_archs": len(rows)},
+                             {"archs": str(archs_file), "shard": f"{shard_index}/{shard_count}", "task": task.name,
+                              "batch_size": cfg["proxies"]["batch_size"], "dataset_fingerprint": data.fingerprint},
+                             {"proxies": str(out_dir / "proxies.csv")})
+
+
+def iter_batches_once(data: ImageData, batch_size: int, generator: torch.Generator):
+    from .data import iterate_batches
+
+    batches = iterate_batches(data, "train", batch_size, shuffle=True, generator=generator, drop_last=True)
+    first = next(batches, None)
+    if first is None:
+        raise ConfigError(f"proxies.batch_size: the train split of {data.info.name!r} holds fewer than {batch_size} images")
+    yield first
+
+
 # ---- analysis -----------------------------------------------------------------------------------
 def collect(kind: str, inputs: list[Path], out_file: Path) -> int:
     """Tidy one table from the per-job files: stand-alone results, proxy scores, or search outcomes."""
