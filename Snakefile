@@ -31,7 +31,7 @@ wildcard_constraints:
 rule all_figures:
     """The default target: every figure of the study (and all it needs)."""
     input:
-        f"{RESULTS}/figures/summary.json",
+        final_targets(),
     default_target: True
 
 
@@ -41,3 +41,4 @@ include: "workflow/rules/supernet.smk"
 include: "workflow/rules/search.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/groundtruth.smk"

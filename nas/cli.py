@@ -56,8 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archs", required=True, type=Path, help="archs.json written by `nas sample`")
     p.add_argument("--shard", help="score only shard i of n of the listed architectures, as i/n")
 
+    p = stages.add_parser("ground-truth", help="the configured ground truth (published table or NATS-Bench) as a table")
+    _common(p)
+
+    p = stages.add_parser("correlate-truth", help="every proxy against the ground truth, with CIs and figures")
+    _common(p)
+    p.add_argument("--truth", required=True, type=Path, help="output folder of `nas ground-truth`")
+    p.add_argument("--standalone", type=Path, help="table from `nas collect --kind standalone`")
+    p.add_argument("--proxies", type=Path, help="table from `nas collect --kind proxies` (supernet scores)")
+    p.add_argument("--zero-cost", type=Path, help="table from `nas collect --kind zero_cost`")
+
     p = stages.add_parser("collect", help="tidy one table from per-job result files")
-    p.add_argument("--kind", required=True, choices=["standalone", "proxies", "search"])
+    p.add_argument("--kind", required=True, choices=["standalone", "proxies", "search", "zero_cost"])
     p.add_argument("--inputs", required=True, nargs="+", type=Path)
     p.add_argument("--out", required=True, type=Path, help="CSV to write")
 
@@ -65,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--standalone", required=True, type=Path, help="table from `nas collect --kind standalone`")
     p.add_argument("--proxies", type=Path, help="table from `nas collect --kind proxies`")
+    p.add_argument("--zero-cost", type=Path, help="table from `nas collect --kind zero_cost`")
 
     p = stages.add_parser("figures", help="the study figures (PNG and PDF), logged to MLflow")
     _common(p)
@@ -132,8 +143,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         summary = stages.search(cfg, args.out, args.supernet, tracking_info, tags)
     elif args.stage == "proxies":
         summary = stages.proxies(cfg, args.out, args.archs, args.shard, tracking_info, tags)
+    elif args.stage == "ground-truth":
+        summary = stages.ground_truth(cfg, args.out, tracking_info, tags)
+    elif args.stage == "correlate-truth":
+        summary = stages.correlate_truth(cfg, args.out, args.truth, args.standalone, args.proxies, args.zero_cost,
+                                         tracking_info, tags)
     elif args.stage == "correlate":
-        summary = stages.correlate(cfg, args.out, args.standalone, args.proxies, tracking_info, tags)
+        summary = stages.correlate(cfg, args.out, args.standalone, args.proxies, args.zero_cost, tracking_info, tags)
     elif args.stage == "figures":
         summary = stages.figures(cfg, args.out, args.correlations, args.search, tracking_info, tags)
     else:

@@ -482,7 +482,7 @@ def _read_optional(path: Path | None):
     return frame if len(frame) else None
 
 
-def correlate(cfg: dict[str, Any], out_dir: Path, standalone: Path, proxies: Path | None,
+def correlate(cfg: dict[str, Any], out_dir: Path, standalone: Path, proxies: Path | None, zero_cost: Path | None,
               tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
     import pandas as pd
 
@@ -491,7 +491,7 @@ def correlate(cfg: dict[str, Any], out_dir: Path, standalone: Path, proxies: Pat
     started = time.time()
     study = cfg["study"]
     long = tables.proxy_frame(pd.read_csv(standalone), _read_optional(proxies), study["reference_task"],
-                              study["acc_epoch"])
+                              study["acc_epoch"], _read_optional(zero_cost))
     begin_job(out_dir)
     with TrackedRun(cfg, "correlate", {"reference_task": study["reference_task"], **tags}, out_dir, tracking_info) as run:
         corr = tables.correlation_table(long, study["bootstrap"], cfg["seed"])
@@ -503,7 +503,8 @@ def correlate(cfg: dict[str, Any], out_dir: Path, standalone: Path, proxies: Pat
                    if np.isfinite(r.coef)}
         run.log_metrics(metrics, step=0)
         return write_summary(out_dir, "correlate", cfg, run, started, {"rows": len(corr)},
-                             {"standalone": str(standalone), "proxies": str(proxies) if proxies else None},
+                             {"standalone": str(standalone), "proxies": str(proxies) if proxies else None,
+                              "zero_cost": str(zero_cost) if zero_cost else None},
                              {"correlations": str(out_dir / "correlations.csv"),
                               "proxies_long": str(out_dir / "proxies_long.csv")})
 
@@ -538,3 +539,56 @@ def figures(cfg: dict[str, Any], out_dir: Path, correlations_dir: Path, search_t
         return write_summary(out_dir, "figures", cfg, run, started, {"figures": len(paths)},
                              {"correlations": str(correlations_dir), "search": str(search_table)},
                              {"files": [str(p) for p in paths]})
+
+
+def ground_truth(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
+    """The configured ground truth as a table (index, arch, metrics); the MLflow run records which metric is the truth."""
+    from .groundtruth import load_ground_truth
+
+    started = time.time()
+    space = build_space(cfg["space"])
+    table, truth = load_ground_truth(cfg["ground_truth"], space)
+    begin_job(out_dir)
+    with TrackedRun(cfg, "ground-truth", {"space": space.name, "truth": truth, **tags}, out_dir, tracking_info) as run:
+        atomic_write_text(out_dir / "truth.csv", table.to_csv(index=False))
+        best = table.loc[table[truth].idxmax()]
+        metrics = {"num_archs": len(table), "best_truth": float(best[truth]), "best_index": int(best["index"])}
+        run.log_metrics(metrics, step=0)
+        return write_summary(out_dir, "ground-truth", cfg, run, started, metrics,
+                             {"ground_truth": cfg["ground_truth"], "truth": truth},
+                             {"truth": str(out_dir / "truth.csv"), "truth_metric": truth})
+
+
+def correlate_truth(cfg: dict[str, Any], out_dir: Path, truth_dir: Path, standalone: Path | None,
+                    proxies_table: Path | None, zero_cost: Path | None, tracking_info: dict | None,
+                    tags: dict[str, str]) -> dict[str, Any]:
+    """Every proxy of the study against the ground truth (Spearman, Kendall, top-10 % precision, bootstrap CIs)."""
+    import pandas as pd
+
+    from .analysis import figures as fig
+    from .analysis import tables
+    from .analysis.correlation import TRUTH_METHODS
+
+    started = time.time()
+    truth_summary = read_summary(truth_dir, "ground-truth")
+    truth_metric = truth_summary["outputs"]["truth_metric"]
+    truth = pd.read_csv(truth_dir / "truth.csv")
+    long = tables.truth_frame(
+        tables.proxy_values(_read_optional(standalone), _read_optional(proxies_table), _read_optional(zero_cost),
+                            cfg["study"]["acc_epoch"]), truth, truth_metric)
+    begin_job(out_dir)
+    with TrackedRun(cfg, "correlate-truth", {"truth": truth_metric, **tags}, out_dir, tracking_info) as run:
+        corr = tables.correlation_table(long, cfg["study"]["bootstrap"], cfg["seed"], methods=TRUTH_METHODS)
+        atomic_write_text(out_dir / "correlations.csv", corr.to_csv(index=False))
+        paths = [out_dir / "correlations.csv"]
+        paths += fig.proxies_vs_truth(long, corr, truth_metric, out_dir)
+        paths += fig.tau_bars(corr, truth_metric, out_dir)
+        for path in paths:
+            run.log_artifact(path)
+        kendall = corr[(corr.seed == "mean") & (corr.method == "kendall")]
+        run.log_metrics({f"kendall.{r.dataset}.{r.proxy.replace(':', '.')}": r.coef for r in kendall.itertuples()
+                         if np.isfinite(r.coef)}, step=0)
+        return write_summary(out_dir, "correlate-truth", cfg, run, started, {"rows": len(corr)},
+                             {"truth": str(truth_dir), "truth_metric": truth_metric, "standalone": str(standalone),
+                              "proxies": str(proxies_table), "zero_cost": str(zero_cost)},
+                             {"correlations": str(out_dir / "correlations.csv"), "files": [str(p) for p in paths]})

@@ -80,3 +80,23 @@ def test_proxy_frame_and_correlation_table():
     assert len(per_seed) == 2 and per_seed.n.tolist() == [8, 8]
     heat = tables.heatmap_table(corr)
     assert set(heat.method) == {"spearman", "kendall"}
+
+
+def test_top10_precision_by_hand():
+    x = np.arange(20.0)
+    y = np.arange(20.0)
+    y[[18, 19]] = [0.5, 0.25]  # the two best by x are the worst by y
+    assert correlation.top_precision(x, x) == 1.0
+    assert correlation.top_precision(x, y) == 0.0
+    y2 = np.arange(20.0)
+    y2[19] = -1.0  # one of the two best by x stays in the top two by y
+    assert correlation.top_precision(x, y2) == 0.5
+    assert correlation.coefficient(x, y2, "top10_precision")[0] == 0.5
+
+
+def test_undefined_proxy_values_are_left_out_and_counted():
+    long = pd.DataFrame({"space": "nb201", "dataset": "d", "seed": 0, "index": range(6), "proxy": "jacob_cov",
+                         "value": [1.0, 2.0, np.nan, 4.0, 5.0, 6.0], "reference": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    corr = tables.correlation_table(long, n_resamples=0, seed=0)
+    spearman = corr[corr.method == "spearman"].iloc[0]
+    assert spearman.n == 5 and spearman.coef == pytest.approx(1.0)

@@ -105,3 +105,44 @@ def test_default_and_paper_configs_plan(tmp_path, monkeypatch):
         config = yaml.safe_load((REPO / name).read_text())
         config["results_dir"] = str(tmp_path / "results")
         run_workflow(tmp_path, config, dryrun=True)
+
+
+@pytest.mark.slow
+def test_ground_truth_study_end_to_end(tmp_path, monkeypatch, nb201_tables):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = json.loads(json.dumps(dict(TINY_STUDY, results_dir=str(tmp_path / "results"))))
+    config["study"].update({"tasks": [], "supernet_tasks": ["rand"], "fitnesses": [], "zero_cost": True,
+                            "proxy_shard_size": 3})
+    config["sample"] = {"num_archs": 6, "trainable_only": False}
+    config["proxies"] = {"batch_size": 8, "names": ["params", "synflow", "snip", "naswot"]}
+    config["ground_truth"] = {"source": "table", "path": str(nb201_tables / "nb201_200ep_test.csv"),
+                              "cell_column": "ArchitectureString",
+                              "metrics": {"c10": "CIFAR10TestAccuracy200Epochs"}, "truth": "c10"}
+    run_workflow(tmp_path, config)
+    study = tmp_path / "results" / "tiny"
+    zero_cost = pd.read_csv(study / "tables" / "zero_cost.csv")
+    assert len(zero_cost) == 6 and {"params", "synflow", "snip", "naswot"} <= set(zero_cost.columns)
+    corr = pd.read_csv(study / "groundtruth" / "correlations" / "correlations.csv")
+    assert {"params", "synflow", "snip", "naswot", "angle:rand", "supernet_acc:rand"} <= set(corr.proxy)
+    assert {"spearman", "kendall", "top10_precision"} == set(corr.method)
+    for name in ("proxies_vs_truth.png", "tau_per_proxy.png", "proxies_vs_truth.pdf", "tau_per_proxy.pdf"):
+        assert (study / "groundtruth" / "correlations" / name).stat().st_size > 1000
+    assert not (study / "figures").exists()  # no stand-alone tasks: no study figures were asked for
+
+
+def test_empty_grid_is_rejected(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = json.loads(json.dumps(dict(TINY_STUDY, results_dir=str(tmp_path / "results"))))
+    config["study"].update({"tasks": [], "supernet_tasks": []})
+    with pytest.raises(Exception, match="grid is empty"):
+        run_workflow(tmp_path, config)
+
+
+def test_missing_ground_truth_table_is_rejected_before_any_job(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = json.loads(json.dumps(dict(TINY_STUDY, results_dir=str(tmp_path / "results"))))
+    config["ground_truth"] = {"source": "table", "path": str(tmp_path / "missing.csv"), "metrics": {"a": "b"},
+                              "truth": "a"}
+    with pytest.raises(Exception, match="missing.csv"):
+        run_workflow(tmp_path, config)
+    assert not (tmp_path / "results" / "tiny" / "tracking.json").exists()

@@ -7,6 +7,15 @@ import numpy as np
 from scipy import stats
 
 METHODS = ("spearman", "kendall")
+TRUTH_METHODS = ("spearman", "kendall", "top10_precision")
+
+
+def top_precision(x: np.ndarray, y: np.ndarray, fraction: float = 0.1) -> float:
+    """Share of the top ``fraction`` of architectures by ``x`` that are also in the top ``fraction`` by ``y``."""
+    count = max(1, int(round(fraction * len(x))))
+    top_x = set(np.argsort(-np.asarray(x), kind="stable")[:count].tolist())
+    top_y = set(np.argsort(-np.asarray(y), kind="stable")[:count].tolist())
+    return len(top_x & top_y) / count
 
 
 def coefficient(x: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float]:
@@ -14,12 +23,14 @@ def coefficient(x: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return float("nan"), float("nan")
+    if method == "top10_precision":
+        return top_precision(x, y), float("nan")
     if method == "spearman":
         result = stats.spearmanr(x, y)
     elif method == "kendall":
         result = stats.kendalltau(x, y)
     else:
-        raise ValueError(f"unknown correlation method {method!r}; allowed: {', '.join(METHODS)}")
+        raise ValueError(f"unknown correlation method {method!r}; allowed: {', '.join(TRUTH_METHODS)}")
     return float(result.statistic), float(result.pvalue)
 
 

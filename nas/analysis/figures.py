@@ -142,3 +142,41 @@ def search_outcomes_figure(search: pd.DataFrame, long: pd.DataFrame, reference: 
         ax.set_title(f"{dataset}: search outcomes", fontsize=9)
     fig.tight_layout()
     return _save(fig, out_dir, "search_outcomes")
+
+
+def proxies_vs_truth(long: pd.DataFrame, corr: pd.DataFrame, truth_metric: str, out_dir: Path) -> list[Path]:
+    """Each proxy (seed-mean) against the ground truth of the same architectures, one panel per proxy and dataset."""
+    data = long[long.seed == -1]
+    pairs = sorted({(d, p) for d, p in zip(data.dataset, data.proxy)})
+    columns = min(4, max(1, len(pairs)))
+    rows = max(1, -(-len(pairs) // columns))
+    fig, axes = _grid(rows, columns, size=3.0)
+    for k, (dataset, proxy) in enumerate(pairs):
+        ax = axes[k // columns][k % columns]
+        points = data[(data.dataset == dataset) & (data.proxy == proxy)]
+        ax.scatter(points.value, points.reference, s=4, alpha=0.4)
+        if points.value.gt(0).all() and points.value.max() / max(points.value.min(), 1e-300) > 1e3:
+            ax.set_xscale("log")
+        picked = corr[(corr.dataset == dataset) & (corr.proxy == proxy) & (corr.seed == "mean")]
+        tau = picked[picked.method == "kendall"].coef
+        ax.set_title(f"{dataset}: {proxy}\n{_label(picked)}, tau = {tau.iloc[0]:.2f}" if len(tau) else proxy,
+                     fontsize=7)
+        ax.set_xlabel(proxy, fontsize=7)
+        ax.set_ylabel(truth_metric, fontsize=7)
+    for k in range(len(pairs), rows * columns):
+        axes[k // columns][k % columns].axis("off")
+    fig.tight_layout()
+    return _save(fig, out_dir, "proxies_vs_truth")
+
+
+def tau_bars(corr: pd.DataFrame, truth_metric: str, out_dir: Path) -> list[Path]:
+    """Kendall tau of every proxy with the ground truth, per dataset the proxies were computed on."""
+    rows = corr[(corr.seed == "mean") & (corr.method == "kendall")]
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * rows.proxy.nunique() + 2), 3.6))
+    sns.barplot(data=rows, x="proxy", y="coef", hue="dataset", ax=ax, errorbar=None)
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_ylabel(f"Kendall tau with {truth_metric}")
+    ax.set_xlabel("")
+    ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    return _save(fig, out_dir, "tau_per_proxy")

@@ -41,42 +41,69 @@ def search_outcomes(retrain_tables: Iterable[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def proxy_frame(standalone: pd.DataFrame, proxies: pd.DataFrame | None, reference_task: str,
-                acc_epoch: str) -> pd.DataFrame:
-    """Long table (space, dataset, seed, index, proxy, value, reference) for every proxy of every architecture.
+def proxy_values(standalone: pd.DataFrame | None, proxies: pd.DataFrame | None, zero_cost: pd.DataFrame | None,
+                 acc_epoch: str, exclude_task: str | None = None) -> pd.DataFrame:
+    """Long table (space, dataset, seed, index, proxy, value) of every proxy the study computed.
 
-    The reference is the stand-alone ``reference_task`` accuracy averaged over seeds (UnNAS); a proxy's
-    value is per seed, and a seed-mean row (seed = -1) is added for each proxy.
+    Stand-alone accuracy of each task (but ``exclude_task``), supernet accuracy and angle of each
+    supernet task, zero-cost scores; parameters and FLOPs from the zero-cost table, else from the
+    stand-alone results. A seed-mean row (seed = -1) is added for each proxy and architecture.
     """
+    acc = f"eval_acc_{acc_epoch}"
+    parts = []
+    if standalone is not None:
+        for task, group in standalone.groupby("task"):
+            if task != exclude_task:
+                parts.append(group.assign(proxy=f"standalone:{task}", value=group[acc])[KEYS + ["proxy", "value"]])
+    if zero_cost is not None:
+        for column in [c for c in zero_cost.columns if c not in KEYS + ["arch"]]:
+            parts.append(zero_cost.assign(proxy=column, value=zero_cost[column])[KEYS + ["proxy", "value"]])
+    elif standalone is not None:
+        cost = standalone[standalone.task == standalone.task.iloc[0]]
+        for column in ("params", "flops"):
+            parts.append(cost.assign(proxy=column, value=cost[column])[KEYS + ["proxy", "value"]])
+    if proxies is not None:
+        for task, group in proxies.groupby("task"):
+            for column in ("supernet_acc", "angle"):
+                parts.append(group.assign(proxy=f"{column}:{task}", value=group[column])[KEYS + ["proxy", "value"]])
+    if not parts:
+        raise ValueError("the study computed no proxies")
+    long = pd.concat(parts, ignore_index=True)
+    mean = long.groupby(["space", "dataset", "index", "proxy"], as_index=False)["value"].mean().assign(seed=-1)
+    return pd.concat([long, mean[KEYS + ["proxy", "value"]]], ignore_index=True)
+
+
+def proxy_frame(standalone: pd.DataFrame, proxies: pd.DataFrame | None, reference_task: str,
+                acc_epoch: str, zero_cost: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every proxy with its ``reference``: the stand-alone ``reference_task`` accuracy averaged over seeds (UnNAS)."""
     acc = f"eval_acc_{acc_epoch}"
     ref = (standalone[standalone.task == reference_task].groupby(["space", "dataset", "index"])[acc].mean()
            .rename("reference"))
     if ref.empty:
         raise ValueError(f"no stand-alone results for the reference task {reference_task!r}")
-    parts = []
-    for task, group in standalone.groupby("task"):
-        if task != reference_task:
-            parts.append(group.assign(proxy=f"standalone:{task}", value=group[acc])[KEYS + ["proxy", "value"]])
-    cost = standalone[standalone.task == reference_task]
-    for column in ("params", "flops"):
-        parts.append(cost.assign(proxy=column, value=cost[column])[KEYS + ["proxy", "value"]])
-    if proxies is not None and len(proxies):
-        for task, group in proxies.groupby("task"):
-            for column in ("supernet_acc", "angle"):
-                parts.append(group.assign(proxy=f"{column}:{task}", value=group[column])[KEYS + ["proxy", "value"]])
-    long = pd.concat(parts, ignore_index=True)
-    mean = long.groupby(["space", "dataset", "index", "proxy"], as_index=False)["value"].mean().assign(seed=-1)
-    long = pd.concat([long, mean[KEYS + ["proxy", "value"]]], ignore_index=True)
+    long = proxy_values(standalone, proxies, zero_cost, acc_epoch, exclude_task=reference_task)
     return long.join(ref, on=["space", "dataset", "index"]).dropna(subset=["reference"])
 
 
-def correlation_table(long: pd.DataFrame, n_resamples: int, seed: int) -> pd.DataFrame:
-    """Every proxy against the reference, per (space, dataset), per seed and for seed-mean values."""
+def truth_frame(long: pd.DataFrame, truth: pd.DataFrame, truth_metric: str) -> pd.DataFrame:
+    """Every proxy with its ``reference``: the published ground truth of the same architecture."""
+    ref = truth.set_index("index")[truth_metric].rename("reference")
+    return long.join(ref, on="index").dropna(subset=["reference"])
+
+
+def correlation_table(long: pd.DataFrame, n_resamples: int, seed: int,
+                      methods: tuple[str, ...] = METHODS) -> pd.DataFrame:
+    """Every proxy against the reference, per (space, dataset), per seed and for seed-mean values.
+
+    An architecture for which a proxy is undefined (NaN, e.g. jacob_cov of a network whose output ignores
+    its input) is left out of that proxy's coefficients; ``n`` counts the architectures used.
+    """
     rows = []
+    long = long.dropna(subset=["value", "reference"])
     for (space, dataset, proxy, proxy_seed), group in long.groupby(["space", "dataset", "proxy", "seed"]):
         seeds = sorted(long[(long.space == space) & (long.dataset == dataset) & (long.proxy == proxy)
                             & (long.seed >= 0)].seed.unique()) if proxy_seed < 0 else [proxy_seed]
-        for method in METHODS:
+        for method in methods:
             result = correlate(group.value.to_numpy(), group.reference.to_numpy(), method, n_resamples, seed)
             rows.append({"space": space, "dataset": dataset, "proxy": proxy,
                          "seed": "mean" if proxy_seed < 0 else str(proxy_seed),

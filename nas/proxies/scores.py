@@ -87,10 +87,15 @@ def fisher(net: nn.Module, batch: ProxyInputs) -> float:
 
 @PROXIES.register("jacob_cov")
 def jacob_cov(net: nn.Module, batch: ProxyInputs) -> float:
-    """Mellor et al.'s first score: -sum(log(v + k) + 1/(v + k)) over eigenvalues v of the Jacobian correlation."""
+    """Mellor et al.'s first score: -sum(log(v + k) + 1/(v + k)) over eigenvalues v of the Jacobian correlation.
+
+    Undefined (NaN) when the Jacobian rows are constant, e.g. for a network whose output ignores its input.
+    """
     net.train()
     inputs = batch.inputs.clone().requires_grad_(True)
     net(inputs).sum().backward()
+    if inputs.grad is None:  # the output does not depend on the input (every path of a cell is `none`)
+        return float("nan")
     jacobian = inputs.grad.reshape(inputs.shape[0], -1).double()
     corr = torch.corrcoef(jacobian)
     if not torch.isfinite(corr).all():

@@ -48,18 +48,21 @@ rule correlate:
         tracking=ancient(TRACKING),
         standalone=f"{RESULTS}/tables/standalone.csv",
         proxies=f"{RESULTS}/tables/proxies.csv" if SUPERNET_TASKS else [],
+        zero_cost=f"{RESULTS}/tables/zero_cost.csv" if ZERO_COST else [],
     output:
         correlations=f"{RESULTS}/correlations/correlations.csv",
         summary=f"{RESULTS}/correlations/summary.json",
     params:
         cmd=nas_command("correlate", "correlate"),
         settings=settings("study"),
-        proxies=lambda w, input: f"--proxies {input.proxies}" if SUPERNET_TASKS else "",
+        tables=lambda w, input: " ".join(
+            f"--{name.replace('_', '-')} {getattr(input, name)}" for name in ("proxies", "zero_cost") if getattr(input, name)
+        ),
     localrule: True
     log:
         f"{RESULTS}/logs/correlate.log",
     shell:
-        "{params.cmd} --standalone {input.standalone} {params.proxies}"
+        "{params.cmd} --standalone {input.standalone} {params.tables}"
         " --out $(dirname {output.summary}) > {log} 2>&1"
 
 

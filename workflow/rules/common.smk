@@ -29,10 +29,23 @@ SUPERNET_TASKS = STUDY["supernet_tasks"]
 FITNESSES = STUDY["fitnesses"]
 REFERENCE = STUDY["reference_task"]
 NUM_SHARDS = math.ceil(config["sample"]["num_archs"] / STUDY["shard_size"])
+ZERO_COST = STUDY["zero_cost"]
+NUM_PROXY_SHARDS = math.ceil(config["sample"]["num_archs"] / STUDY["proxy_shard_size"])
+GROUND_TRUTH = config["ground_truth"]["source"] != "none"
 
 # ---- checks that must fail before any job starts ------------------------------------------------
-if REFERENCE not in TASKS:
+if not TASKS and not SUPERNET_TASKS and not ZERO_COST:
+    raise WorkflowError(
+        "the study's grid is empty: config keys 'study.tasks' and 'study.supernet_tasks' are empty and "
+        "'study.zero_cost' is false, so no job would run"
+    )
+if TASKS and REFERENCE not in TASKS:
     raise WorkflowError(f"config key 'study.reference_task': {REFERENCE!r} must be one of study.tasks {TASKS}")
+if not TASKS and not GROUND_TRUTH:
+    raise WorkflowError(
+        "config key 'study.tasks' is empty and 'ground_truth.source' is 'none': with no stand-alone accuracy "
+        "and no ground truth there is nothing to compare the proxies with"
+    )
 for _dataset in DATASETS:
     for _task in sorted(set(TASKS) | set(SUPERNET_TASKS)):
         try:
@@ -58,8 +71,15 @@ for _dataset in DATASETS:
             raise WorkflowError(
                 f"config key 'study.task_overrides' or 'study.dataset_overrides' ({_task} on {_dataset}): {err}"
             )
-if SUPERNET_TASKS and not FITNESSES:
-    raise WorkflowError("config key 'study.fitnesses' is empty but study.supernet_tasks asks for searches")
+
+if GROUND_TRUTH and config["ground_truth"]["source"] == "table":
+    from nas.groundtruth import load_ground_truth
+    from nas.spaces import build_space
+
+    try:  # a missing file, column or metric must stop the study here, not after hours of training
+        load_ground_truth(config["ground_truth"], build_space(config["space"]))
+    except ConfigError as err:
+        raise WorkflowError(str(err))
 
 # The tracking store must be absolute, or jobs started elsewhere would log into a store of their own.
 os.environ.setdefault(
@@ -104,6 +124,16 @@ def nas_command(stage, rule_name, **fixed):
         )
 
     return build
+
+
+def final_targets():
+    """What `all_figures` builds: the study figures when tasks train stand-alone, the ground-truth panel when one is set."""
+    targets = []
+    if TASKS:
+        targets.append(f"{RESULTS}/figures/summary.json")
+    if GROUND_TRUTH:
+        targets.append(f"{RESULTS}/groundtruth/correlations/summary.json")
+    return targets
 
 
 def run_dir(stage, *parts):
