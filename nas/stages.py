@@ -573,19 +573,23 @@ def correlate_truth(cfg: dict[str, Any], out_dir: Path, truth_dir: Path, standal
     truth_summary = read_summary(truth_dir, "ground-truth")
     truth_metric = truth_summary["outputs"]["truth_metric"]
     truth = pd.read_csv(truth_dir / "truth.csv")
-    long = tables.truth_frame(
-        tables.proxy_values(_read_optional(standalone), _read_optional(proxies_table), _read_optional(zero_cost),
-                            cfg["study"]["acc_epoch"]), truth, truth_metric)
+    values = tables.proxy_values(_read_optional(standalone), _read_optional(proxies_table), _read_optional(zero_cost),
+                                 cfg["study"]["acc_epoch"])
+    metrics = [c for c in truth.columns if c not in ("index", "arch")]
     begin_job(out_dir)
     with TrackedRun(cfg, "correlate-truth", {"truth": truth_metric, **tags}, out_dir, tracking_info) as run:
-        corr = tables.correlation_table(long, cfg["study"]["bootstrap"], cfg["seed"], methods=TRUTH_METHODS)
+        corr = pd.concat(  # every metric of the table; the configured truth drives the figure grid
+            [tables.correlation_table(tables.truth_frame(values, truth, metric), cfg["study"]["bootstrap"],
+                                      cfg["seed"], methods=TRUTH_METHODS).assign(truth=metric) for metric in metrics],
+            ignore_index=True)
         atomic_write_text(out_dir / "correlations.csv", corr.to_csv(index=False))
         paths = [out_dir / "correlations.csv"]
-        paths += fig.proxies_vs_truth(long, corr, truth_metric, out_dir)
-        paths += fig.tau_bars(corr, truth_metric, out_dir)
+        primary = corr[corr.truth == truth_metric]
+        paths += fig.proxies_vs_truth(tables.truth_frame(values, truth, truth_metric), primary, truth_metric, out_dir)
+        paths += fig.tau_bars(corr, out_dir)
         for path in paths:
             run.log_artifact(path)
-        kendall = corr[(corr.seed == "mean") & (corr.method == "kendall")]
+        kendall = primary[(primary.seed == "mean") & (primary.method == "kendall")]
         run.log_metrics({f"kendall.{r.dataset}.{r.proxy.replace(':', '.')}": r.coef for r in kendall.itertuples()
                          if np.isfinite(r.coef)}, step=0)
         return write_summary(out_dir, "correlate-truth", cfg, run, started, {"rows": len(corr)},

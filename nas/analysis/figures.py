@@ -155,8 +155,9 @@ def proxies_vs_truth(long: pd.DataFrame, corr: pd.DataFrame, truth_metric: str, 
         ax = axes[k // columns][k % columns]
         points = data[(data.dataset == dataset) & (data.proxy == proxy)]
         ax.scatter(points.value, points.reference, s=4, alpha=0.4)
-        if points.value.gt(0).all() and points.value.max() / max(points.value.min(), 1e-300) > 1e3:
-            ax.set_xscale("log")
+        positive = points.value[points.value > 0]
+        if points.value.ge(0).all() and len(positive) and positive.max() / positive.min() > 1e3:
+            ax.set_xscale("symlog", linthresh=float(positive.min()))
         picked = corr[(corr.dataset == dataset) & (corr.proxy == proxy) & (corr.seed == "mean")]
         tau = picked[picked.method == "kendall"].coef
         ax.set_title(f"{dataset}: {proxy}\n{_label(picked)}, tau = {tau.iloc[0]:.2f}" if len(tau) else proxy,
@@ -169,13 +170,15 @@ def proxies_vs_truth(long: pd.DataFrame, corr: pd.DataFrame, truth_metric: str, 
     return _save(fig, out_dir, "proxies_vs_truth")
 
 
-def tau_bars(corr: pd.DataFrame, truth_metric: str, out_dir: Path) -> list[Path]:
-    """Kendall tau of every proxy with the ground truth, per dataset the proxies were computed on."""
-    rows = corr[(corr.seed == "mean") & (corr.method == "kendall")]
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * rows.proxy.nunique() + 2), 3.6))
-    sns.barplot(data=rows, x="proxy", y="coef", hue="dataset", ax=ax, errorbar=None)
+def tau_bars(corr: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Kendall tau of every proxy with each ground-truth metric (one per benchmark dataset), seed-mean proxies."""
+    rows = corr[(corr.seed == "mean") & (corr.method == "kendall")].assign(
+        against=lambda f: f.truth + " (proxies on " + f.dataset + ")")
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.8 * rows.proxy.nunique() + 2), 3.6))
+    sns.barplot(data=rows, x="proxy", y="coef", hue="against", ax=ax, errorbar=None)
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_ylabel(f"Kendall tau with {truth_metric}")
+    ax.legend(fontsize=7)
+    ax.set_ylabel("Kendall tau with the ground truth")
     ax.set_xlabel("")
     ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
