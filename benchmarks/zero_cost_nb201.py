@@ -30,7 +30,8 @@ DATASETS = {  # num_classes, image size, column of nb201_200ep_test.csv
 }
 
 
-def _score_chunk(indices: list[int]) -> list[tuple[int, str, float, int]]:
+def _score_chunk(job: tuple[list[int], list[str]]) -> list[tuple[int, str, float, int]]:
+    indices, datasets = job
     import torch
     from torch import nn
 
@@ -45,7 +46,8 @@ def _score_chunk(indices: list[int]) -> list[tuple[int, str, float, int]]:
     rows = []
     for index in indices:
         arch = space.from_index(index)
-        for dataset, (classes, size, _) in DATASETS.items():
+        for dataset in datasets:
+            classes, size, _ = DATASETS[dataset]
             torch.manual_seed(index)
             net = nn.Sequential(space.build_network(arch, 3), LinearHead(64, classes))
             batch = ProxyInputs(torch.zeros(1, 3, size, size), torch.zeros(1, dtype=torch.int64))
@@ -58,6 +60,8 @@ def main() -> None:
     parser.add_argument("--tables", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/nb201")
     parser.add_argument("--limit", type=int, default=None, help="score a seeded sample of this many cells")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--scores", type=Path, help="also write every cell's scores to this CSV")
     args = parser.parse_args()
     truth = pd.read_csv(args.tables / "nb201_200ep_test.csv")
     indices = list(range(len(truth)))
@@ -66,19 +70,26 @@ def main() -> None:
     started = time.time()
     chunks = [indices[i::args.workers * 8] for i in range(args.workers * 8)]
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        rows = [row for part in pool.map(_score_chunk, chunks) for row in part]
+        rows = [row for part in pool.map(_score_chunk, [(c, args.datasets) for c in chunks]) for row in part]
     wall = time.time() - started
     scores = pd.DataFrame(rows, columns=["index", "dataset", "synflow", "params"])
+    if args.scores:
+        scores.to_csv(args.scores, index=False)
     print(f"NB201, {len(indices)} cells, {args.workers} worker(s), wall time {wall:.0f} s")
-    print(f"{'dataset':<16}{'proxy':<10}{'ours |rho|':>12}{'published':>11}{'diff':>8}")
-    for dataset, (_, _, column) in DATASETS.items():
+    print(f"{'dataset':<16}{'proxy':<10}{'ours |rho|':>12}{'published':>11}{'diff':>8}   truth")
+    valid_split = pd.read_csv(args.tables / "nb201_cifar10-valid_200ep.csv")
+    for dataset in args.datasets:
         part = scores[scores.dataset == dataset].set_index("index").sort_index()
-        accuracy = truth.loc[part.index, column].to_numpy()
-        for proxy in ("synflow", "params"):
-            rho = abs(stats.spearmanr(part[proxy].to_numpy(), accuracy).statistic)
-            published = PUBLISHED[dataset].get(proxy)
-            shown = f"{published:>11.3f}{rho - published:>+8.3f}" if published is not None else f"{'-':>11}{'':>8}"
-            print(f"{dataset:<16}{proxy:<10}{rho:>12.3f}{shown}")
+        truths = {DATASETS[dataset][2]: truth.loc[part.index, DATASETS[dataset][2]].to_numpy()}
+        if dataset == "cifar10":  # the cifar10-valid split (25k train) that NB201 papers also report
+            for column in ("valid-accuracy", "test-accuracy"):
+                truths[f"cifar10-valid {column}"] = valid_split.loc[part.index, column].to_numpy()
+        for name, accuracy in truths.items():
+            for proxy in ("synflow", "params"):
+                rho = abs(stats.spearmanr(part[proxy].to_numpy(), accuracy).statistic)
+                published = PUBLISHED[dataset].get(proxy)
+                shown = f"{published:>11.3f}{rho - published:>+8.3f}" if published is not None else f"{'-':>11}{'':>8}"
+                print(f"{dataset:<16}{proxy:<10}{rho:>12.3f}{shown}   vs {name}")
 
 
 if __name__ == "__main__":
