@@ -1,7 +1,9 @@
 """Agreement with the literature: Spearman |rho| of data-free zero-cost proxies vs NAS-Bench-201 test accuracy.
 
 Published (Abdelfattah et al., "Zero-Cost Proxies for Lightweight NAS", ICLR 2021, Table 1), over all
-15,625 cells against 200-epoch test accuracy. The data-dependent proxies (snip, grad_norm, grasp,
+15,625 cells against 200-epoch test accuracy. For CIFAR-10 the script prints three truths: the
+`cifar10` split (trained on all 50k images) and the `cifar10-valid` split (trained on 25k) valid and
+test accuracy; the published CIFAR-10 figure matches the `cifar10-valid` split. The data-dependent proxies (snip, grad_norm, grasp,
 fisher, jacob_cov) need CIFAR / ImageNet16 images, which this machine does not have; run them with
 `nas proxies` on a machine that has the data.
 
