@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from .config import config_hash
-from .data import ImageData, load_dataset
+from .data import ImageData, iterate_batches, load_dataset
 from .devices import select_device
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from .registry import ConfigError
@@ -420,7 +420,7 @@ def proxies(cfg: dict[str, Any], out_dir: Path, archs_file: Path, shard: str | N
     job_cfg = {**cfg, "task": {**cfg["task"], "name": cfg["proxies"]["task"]}}
     data, task = _data_and_task(job_cfg, device)
     generator = torch.Generator().manual_seed(cfg["seed"])
-    images, labels, ids = next(iter_batches_once(data, cfg["proxies"]["batch_size"], generator))
+    images, labels, ids = first_batch(data, cfg["proxies"]["batch_size"], generator)
     inputs, targets = task.prepare(images.float() / 255.0, labels, ids, train=False, generator=generator)
     batch = ProxyInputs(inputs, targets, task.loss)
     names = cfg["proxies"]["names"]
@@ -449,14 +449,12 @@ def proxies(cfg: dict[str, Any], out_dir: Path, archs_file: Path, shard: str | N
                              {"proxies": str(out_dir / "proxies.csv")})
 
 
-def iter_batches_once(data: ImageData, batch_size: int, generator: torch.Generator):
-    from .data import iterate_batches
-
-    batches = iterate_batches(data, "train", batch_size, shuffle=True, generator=generator, drop_last=True)
-    first = next(batches, None)
-    if first is None:
+def first_batch(data: ImageData, batch_size: int, generator: torch.Generator):
+    """The one fixed minibatch the proxies see: the first of a seeded shuffle of the train split."""
+    batch = next(iterate_batches(data, "train", batch_size, shuffle=True, generator=generator, drop_last=True), None)
+    if batch is None:
         raise ConfigError(f"proxies.batch_size: the train split of {data.info.name!r} holds fewer than {batch_size} images")
-    yield first
+    return batch
 
 
 # ---- analysis -----------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ..registry import ConfigError
+
 Arch = tuple[int, ...]
 """An architecture is a tuple of gene values; gene g takes values in range(space.choices[g])."""
 
@@ -70,8 +72,6 @@ class SearchSpace(abc.ABC):
 
     def sample_distinct(self, count: int, rng: random.Random) -> list[Arch]:
         if count > self.num_archs():
-            from ..registry import ConfigError
-
             raise ConfigError(
                 f"cannot sample {count} distinct architectures: space {self.name!r} holds {self.num_archs()}"
             )
