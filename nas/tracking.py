@@ -12,7 +12,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .config import config_hash, flatten
 from .io import atomic_write_json, read_json
@@ -155,12 +155,3 @@ class TrackedRun:
 
 def _raise_exit(signum: int, _frame) -> None:
     raise SystemExit(128 + signum)
-
-
-def runs_of(uri: str, experiment: str) -> Iterator[Any]:
-    """All runs of an experiment (for tests and reports; downstream rules read summary files instead)."""
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return iter(())
-    return iter(client.search_runs([exp.experiment_id], max_results=50000))

@@ -128,15 +128,10 @@ def naswot(net: nn.Module, batch: ProxyInputs) -> float:
     return float(torch.linalg.slogdet(kernel)[1])
 
 
-class _Identity(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
 def _without_batchnorm(net: nn.Module) -> nn.Module:
     for name, child in list(net.named_children()):
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            setattr(net, name, _Identity())
+            setattr(net, name, nn.Identity())
         else:
             _without_batchnorm(child)
     return net
