@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--correlations", required=True, type=Path, help="output folder of `nas correlate`")
     p.add_argument("--search", type=Path, help="table from `nas collect --kind search`")
 
+    p = stages.add_parser("tracking-sync", help="send the tracking calls a store missed (jobs that ran offline)")
+    p.add_argument("folders", nargs="+", type=Path, help="job output folders or any folder above them, e.g. results/")
+    p.add_argument("--uri", help="send to this store instead of the one each run was created in")
+
     p = stages.add_parser("describe", help="index, string, parameters and FLOPs of architectures, one JSON per line")
     _common(p, out=False)
     p.add_argument("--space", help="space name (overrides space.name)")
@@ -121,6 +126,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         rows = stages.collect(args.kind, args.inputs, args.out)
         print(f"[nas] collect {args.kind}: {rows} rows -> {args.out}")
         return 0
+    if args.stage == "tracking-sync":
+        from .tracking import sync
+
+        synced = sync(args.folders, args.uri)
+        for row in synced:
+            print(f"[nas] synced run {row['run_id']} ({row['folder']}): {row['sent']} calls, "
+                  f"{row['metric_points']} metric points -> {row['uri']}")
+        print(f"[nas] tracking-sync: {len(synced)} runs completed")
+        return 0
     cfg = load_config(args.config, overrides)
     if args.stage == "describe":
         for line in stages.describe(cfg["space"], args.arch, args.all, args.num_classes, args.in_channels,
@@ -128,11 +142,17 @@ def run(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(line + "\n")
         return 0
     if args.stage == "tracking-init":
+        from .tracking import probe, tracking_uri
+
+        probe(tracking_uri(cfg), cfg["tracking"]["connect_timeout_s"])
         info = stages.tracking_init(cfg, args.out)
         print(f"[nas] tracking store {info['uri']}, experiment {info['experiment']!r}, parent run {info['parent_run_id']}")
         return 0
     tracking_info = read_json(args.tracking_info) if args.tracking_info else None
     tags = _parse_tags(args.tag)
+    from .tracking import probe, tracking_uri
+
+    probe(tracking_info["uri"] if tracking_info else tracking_uri(cfg), cfg["tracking"]["connect_timeout_s"])
     if args.stage == "sample":
         summary = stages.sample(cfg, args.out, tracking_info, tags)
     elif args.stage == "train-supernet":
@@ -158,17 +178,32 @@ def run(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NO_TRACKING = 1, 2, 3
+# Write errors that mean the disk (or the user's quota, or a size limit) is full, not a bug.
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    from .tracking import TrackingUnavailable
     from .train import NonFiniteLoss
 
     try:
         code = run(argv)
     except ConfigError as err:
         print(f"nas: error: {err}", file=sys.stderr)
-        code = 2
+        code = EXIT_BAD_INPUT
+    except TrackingUnavailable as err:
+        print(f"nas: error: {err}", file=sys.stderr)
+        code = EXIT_NO_TRACKING
     except NonFiniteLoss as err:
         print(f"nas: training failed: {err}", file=sys.stderr)
-        code = 1
+        code = EXIT_FAILED
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        print(f"nas: error: cannot write {err.filename or 'an output file'!s}: {err.strerror}; free space on that "
+              "disk and re-run (the job resumes from its last checkpoint)", file=sys.stderr)
+        code = EXIT_FAILED
     sys.exit(code)
 
 

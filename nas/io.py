@@ -21,9 +21,11 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename == tmp:  # name the file the caller asked for
+            raise OSError(err.errno, err.strerror, str(target)) from err
         raise
 
 

@@ -73,7 +73,13 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def write_summary(out_dir: Path, stage: str, cfg: dict[str, Any], run: TrackedRun | None, started: float,
-                  metrics: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any]) -> dict[str, Any]:
+                  metrics: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
+                  tracked: bool = True) -> dict[str, Any]:
+    """Write the job's summary and end its run FINISHED: the last act of every stage.
+
+    ``tracked`` says whether everything the job logged reached the tracking store; a run that went
+    offline mid-job is recorded here, so that ``nas tracking-sync`` can complete it later.
+    """
     summary = {
         "stage": stage,
         "status": "complete",
@@ -81,8 +87,7 @@ def write_summary(out_dir: Path, stage: str, cfg: dict[str, Any], run: TrackedRu
         "inputs": inputs,
         "outputs": outputs,
         "config_hash": config_hash(cfg),
-        "mlflow_run_id": run.run_id if run else None,
-        "tracking_uri": run.uri if run else None,
+        **(run.summary_fields() if run else {"mlflow_run_id": None, "tracking_uri": None, "tracked": tracked}),
         "wall_seconds": round(time.time() - started, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -90,6 +95,10 @@ def write_summary(out_dir: Path, stage: str, cfg: dict[str, Any], run: TrackedRu
     atomic_write_json(path, summary)
     if run:
         run.log_artifact(path)
+        run.end("FINISHED")
+        if run.summary_fields()["tracked"] != summary["tracked"]:  # the store went away just now
+            summary.update(run.summary_fields())
+            atomic_write_json(path, summary)
     end_job(out_dir)
     return summary
 
@@ -376,7 +385,7 @@ def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_fil
     device = _setup(cfg)
     data, task = _data_and_task(cfg, device)
     begin_job(out_dir)
-    rows = []
+    rows, tracked = [], []
     for arch in arch_list:
         summary = _train_one(cfg, space, arch, data, task, device, out_dir / f"arch-{space.to_index(arch):05d}",
                              tracking_info, tags)
@@ -384,13 +393,15 @@ def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_fil
                      "seed": cfg["seed"], "index": space.to_index(arch), "arch": space.to_str(arch),
                      **summary["metrics"], "source": str(archs_file) if archs_file else "",
                      "mlflow_run_id": summary["mlflow_run_id"]})
+        tracked.append(summary.get("tracked", True))
     write_table(out_dir / "results.csv", rows)
     metrics = {"num_archs": len(rows),
                "mean_eval_acc_best": sum(r["eval_acc_best"] for r in rows) / max(len(rows), 1)}
     return write_summary(out_dir, "train", cfg, None, started, metrics,
                          {"archs": str(archs_file) if archs_file else archs, "shard": f"{shard_index}/{shard_count}",
                           "dataset_fingerprint": data.fingerprint},
-                         {"results": str(out_dir / "results.csv"), "runs": [r["mlflow_run_id"] for r in rows]})
+                         {"results": str(out_dir / "results.csv"), "runs": [r["mlflow_run_id"] for r in rows]},
+                         tracked=all(tracked))
 
 
 def describe(space_cfg: dict[str, Any], archs: list[str] | None, all_archs: bool, num_classes: int,

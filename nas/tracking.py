@@ -4,15 +4,24 @@ Every stage is an MLflow run (experiment = study name), a child of the study's p
 workflow created one with ``nas tracking-init``. Metrics are logged synchronously; a run ends
 FINISHED or FAILED, also on SIGTERM/SIGINT; a run left RUNNING by a killed job is marked KILLED
 when the job is re-run.
+
+The job's own files are the record, MLflow is the view: every call a run makes is first appended
+to a journal next to the job's outputs (``.tracking/<run id>.jsonl``). A store that cannot be
+reached when a job starts stops the job before any work; a store that goes away mid-run only sends
+the run offline: the job finishes, its summary says it is not fully tracked, and
+``nas tracking-sync`` replays the journal's undelivered calls later.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .config import config_hash, flatten
 from .io import atomic_write_json, read_json
@@ -88,6 +97,101 @@ def _log_params(client, run_id: str, cfg: dict[str, Any]) -> None:
         client.log_batch(run_id, params=params[start:start + BATCH_LIMIT])
 
 
+class TrackingUnavailable(RuntimeError):
+    """The tracking store cannot be reached (at the start of a job, or by ``nas tracking-sync``)."""
+
+
+@contextlib.contextmanager
+def http_limits(timeout_s: float, retries: int) -> Iterator[None]:
+    """Bound MLflow's HTTP calls: its defaults retry for minutes, which would stall a job."""
+    names = {"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, round(timeout_s))),
+             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def probe(uri: str, timeout_s: float) -> None:
+    """Raise TrackingUnavailable unless the store at ``uri`` answers within ``timeout_s`` seconds."""
+    if uri.startswith("sqlite:///"):
+        _probe_sqlite(uri, timeout_s)
+        return
+    outcome: dict[str, BaseException | None] = {}
+
+    def ask() -> None:
+        try:
+            with http_limits(timeout_s, 0):
+                _client(uri).search_experiments(max_results=1)
+            outcome["error"] = None
+        except BaseException as err:  # reported to the caller below
+            outcome["error"] = err
+
+    # A thread, because a silent host (dropped packets, a hung database) may block any client call.
+    asker = threading.Thread(target=ask, daemon=True)
+    asker.start()
+    asker.join(timeout_s)
+    if "error" not in outcome:
+        raise TrackingUnavailable(f"tracking store {uri!r} did not answer within {timeout_s:g} s; start it or set "
+                                  "tracking.uri / $MLFLOW_TRACKING_URI (no work was done)")
+    if outcome["error"] is not None:
+        message = str(outcome["error"]).strip().splitlines()[0][:300] if str(outcome["error"]).strip() else ""
+        raise TrackingUnavailable(f"tracking store {uri!r} is unreachable: {type(outcome['error']).__name__}: "
+                                  f"{message} (no work was done)")
+
+
+def _probe_sqlite(uri: str, timeout_s: float) -> None:
+    """A local file is reachable when its folder can be written and the file, if any, is a database.
+
+    (Not through MLflow: creating a fresh store's tables alone takes longer than the probe may.)
+    """
+    import sqlite3
+
+    path = Path(uri[len("sqlite:///"):])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise PermissionError(f"folder {str(path.parent)!r} is not writable")
+        if path.exists():
+            with contextlib.closing(sqlite3.connect(path, timeout=timeout_s)) as connection:
+                connection.execute("PRAGMA schema_version").fetchone()
+    except (OSError, sqlite3.Error) as err:
+        raise TrackingUnavailable(f"tracking store {uri!r} is unreachable: {type(err).__name__}: {err} "
+                                  "(no work was done)") from None
+
+
+JOURNAL_DIR = ".tracking"
+
+
+class Journal:
+    """Append-only record of one run's tracking calls, and which of them the store has not received."""
+
+    def __init__(self, folder: Path, run_id: str) -> None:
+        self.path = folder / JOURNAL_DIR / f"{run_id}.jsonl"
+        self.pending_path = folder / JOURNAL_DIR / f"{run_id}.pending.json"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.count = sum(1 for _ in self.path.open()) if self.path.exists() else 0
+
+    def append(self, entry: dict[str, Any]) -> int:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(entry, default=str) + "\n")
+        self.count += 1
+        return self.count - 1
+
+    def entries(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def mark_pending(self, first: int, error: str) -> None:
+        atomic_write_json(self.pending_path, {"first_pending": first, "error": error,
+                                              "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+
 class TrackedRun:
     """One MLflow run; use as a context manager so that it always ends FINISHED or FAILED."""
 
@@ -95,20 +199,34 @@ class TrackedRun:
                  tracking_info: dict[str, Any] | None = None, run_name: str | None = None) -> None:
         self.cfg = cfg
         self.uri = tracking_info["uri"] if tracking_info else tracking_uri(cfg)
-        self.client = _client(self.uri)
+        self.limits = (cfg["tracking"]["request_timeout_s"], cfg["tracking"]["request_retries"])
         self.out_dir = Path(out_dir)
         self.marker = self.out_dir / f".mlflow_run_{stage}.json"
-        self._mark_stale_run_killed()
-        experiment_id = tracking_info["experiment_id"] if tracking_info else ensure_experiment(self.client, cfg)
-        all_tags = {"stage": stage, "study": cfg["study"]["name"], "git_sha": git_sha(),
-                    "config_hash": config_hash(cfg), **{k: str(v) for k, v in tags.items() if v is not None}}
-        if tracking_info and tracking_info.get("parent_run_id"):
-            all_tags["mlflow.parentRunId"] = tracking_info["parent_run_id"]
-        self.run_id = self.client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
-        atomic_write_json(self.marker, {"run_id": self.run_id, "uri": self.uri})
-        _log_params(self.client, self.run_id, cfg)
-        self._previous_handlers: dict[int, Any] = {}
+        self.error: str | None = None
         self.status: str | None = None
+        self._previous_handlers: dict[int, Any] = {}
+        try:  # the run must exist in the store before any work is done; otherwise fail now
+            with http_limits(*self.limits):
+                self.client = _client(self.uri)
+                self._mark_stale_run_killed()
+                experiment_id = tracking_info["experiment_id"] if tracking_info else ensure_experiment(self.client, cfg)
+                all_tags = {"stage": stage, "study": cfg["study"]["name"], "git_sha": git_sha(),
+                            "config_hash": config_hash(cfg), **{k: str(v) for k, v in tags.items() if v is not None}}
+                if tracking_info and tracking_info.get("parent_run_id"):
+                    all_tags["mlflow.parentRunId"] = tracking_info["parent_run_id"]
+                self.run_id = self.client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+        except Exception as err:
+            raise TrackingUnavailable(f"tracking store {self.uri!r} could not create the run of {str(self.out_dir)!r}: "
+                                      f"{type(err).__name__}: {str(err)[:300]} (no work was done)") from None
+        atomic_write_json(self.marker, {"run_id": self.run_id, "uri": self.uri})
+        self.journal = Journal(self.out_dir, self.run_id)
+        self.journal.append({"op": "open", "uri": self.uri, "run_id": self.run_id, "stage": stage})
+        self._call({"op": "params", "params": {k: str(v)[:PARAM_VALUE_LIMIT] for k, v in sorted(flatten(cfg).items())}})
+
+    @property
+    def complete(self) -> bool:
+        """True while every call so far reached the store."""
+        return self.error is None
 
     def _mark_stale_run_killed(self) -> None:
         if not self.marker.exists():
@@ -120,25 +238,45 @@ class TrackedRun:
         except Exception as err:  # the old run may live in another store; never block a re-run on it
             print(f"[nas] could not mark the earlier run of {self.out_dir} as KILLED: {err}", flush=True)
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+    def _call(self, entry: dict[str, Any]) -> None:
+        """Journal ``entry``, then send it unless the run is offline; the first failure sends it offline."""
+        try:
+            index = self.journal.append(entry)
+        except OSError as err:
+            if entry["op"] != "end":
+                raise
+            # Ending the run matters more than its journal line (e.g. on a full disk).
+            print(f"[nas] WARNING: could not journal the end of run {self.run_id}: {err}", flush=True)
+            index = self.journal.count
+        if self.error is not None:
+            return
+        try:
+            with http_limits(*self.limits):
+                replay(self.client, self.run_id, entry)
+        except Exception as err:
+            self.error = f"{type(err).__name__}: {str(err).strip()[:300]}"
+            self.journal.mark_pending(index, self.error)
+            print(f"[nas] WARNING: tracking store {self.uri!r} failed ({self.error}); the job goes on and journals "
+                  f"its tracking calls in {self.journal.path} for `nas tracking-sync`", flush=True)
 
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None]
-        for start in range(0, len(batch), BATCH_LIMIT):
-            self.client.log_batch(self.run_id, metrics=batch[start:start + BATCH_LIMIT], synchronous=True)
+        self._call({"op": "metrics", "metrics": [[k, float(v), now, step] for k, v in metrics.items() if v is not None]})
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        for key, value in tags.items():
-            self.client.set_tag(self.run_id, key, str(value))
+        self._call({"op": "tags", "tags": {k: str(v) for k, v in tags.items()}})
 
     def log_artifact(self, path: str | Path) -> None:
-        self.client.log_artifact(self.run_id, str(path))
+        self._call({"op": "artifact", "path": str(Path(path).resolve())})
 
     def end(self, status: str) -> None:
         if self.status is None:
-            self.client.set_terminated(self.run_id, status)
             self.status = status
+            self._call({"op": "end", "status": status})
+
+    def summary_fields(self) -> dict[str, Any]:
+        return {"mlflow_run_id": self.run_id, "tracking_uri": self.uri, "tracked": self.complete,
+                "tracking_error": self.error, "tracking_journal": str(self.journal.path)}
 
     def __enter__(self) -> "TrackedRun":
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -151,6 +289,89 @@ class TrackedRun:
         finally:
             for signum, handler in self._previous_handlers.items():
                 signal.signal(signum, handler)
+
+
+def replay(client, run_id: str, entry: dict[str, Any]) -> None:
+    """Send one journal entry to the store."""
+    from mlflow.entities import Metric, Param
+
+    op = entry["op"]
+    if op == "params":
+        params = [Param(k, v) for k, v in entry["params"].items()]
+        for start in range(0, len(params), BATCH_LIMIT):
+            client.log_batch(run_id, params=params[start:start + BATCH_LIMIT])
+    elif op == "metrics":
+        metrics = [Metric(k, v, ts, step) for k, v, ts, step in entry["metrics"]]
+        for start in range(0, len(metrics), BATCH_LIMIT):
+            client.log_batch(run_id, metrics=metrics[start:start + BATCH_LIMIT], synchronous=True)
+    elif op == "tags":
+        for key, value in entry["tags"].items():
+            client.set_tag(run_id, key, value)
+    elif op == "artifact":
+        client.log_artifact(run_id, entry["path"])
+    elif op == "end":
+        client.set_terminated(run_id, entry["status"])
+    elif op != "open":
+        raise ValueError(f"unknown journal entry {op!r}")
+
+
+def sync(folders: list[Path], uri: str | None = None) -> list[dict[str, Any]]:
+    """Send every journalled call a store did not receive, for the runs under ``folders``.
+
+    A run whose journal has no end (its job was killed while offline) is ended KILLED. Returns one
+    row per journal that had something pending. Run it when no job is writing under ``folders``.
+    """
+    rows = []
+    for folder in folders:
+        for pending_path in sorted(Path(folder).rglob(f"{JOURNAL_DIR}/*.pending.json")):
+            rows.append(_sync_one(pending_path, uri))
+    return rows
+
+
+def _sync_one(pending_path: Path, uri_override: str | None) -> dict[str, Any]:
+    run_id = pending_path.name[:-len(".pending.json")]
+    out_dir = pending_path.parent.parent
+    journal = Journal(out_dir, run_id)
+    entries = journal.entries()
+    first = read_json(pending_path)["first_pending"]
+    uri = uri_override or entries[0]["uri"]
+    todo = entries[first:]
+    if not any(e["op"] == "end" for e in entries):
+        todo.append({"op": "end", "status": "KILLED"})
+    done = 0
+    try:
+        client = _client(uri)
+        with http_limits(30, 3):
+            for done, entry in enumerate(todo):
+                replay(client, run_id, entry)
+    except Exception as err:
+        journal.mark_pending(first + done, f"{type(err).__name__}: {str(err)[:300]}")
+        raise TrackingUnavailable(f"tracking store {uri!r}: sync of run {run_id} in {str(out_dir)!r} stopped at "
+                                  f"journal entry {first + done}: {type(err).__name__}: {str(err)[:300]}") from None
+    pending_path.unlink()
+    _mark_summary_tracked(out_dir, run_id)
+    return {"run_id": run_id, "folder": str(out_dir), "uri": uri, "sent": len(todo),
+            "metric_points": sum(len(e["metrics"]) for e in todo if e["op"] == "metrics")}
+
+
+def _mark_summary_tracked(out_dir: Path, run_id: str) -> None:
+    summary_path = out_dir / "summary.json"
+    if not summary_path.is_file():
+        return
+    summary = read_json(summary_path)
+    if summary.get("mlflow_run_id") != run_id:
+        return
+    summary.update(tracked=True, tracking_error=None, tracking_synced_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    atomic_write_json(summary_path, summary)
+    # A shard of several trainings has no run of its own: it is tracked once all of its runs are.
+    shard_path = out_dir.parent / "summary.json"
+    if out_dir.name.startswith("arch-") and shard_path.is_file():
+        shard = read_json(shard_path)
+        if shard.get("mlflow_run_id") is None and not shard.get("tracked", True):
+            parts = [read_json(p) for p in sorted(out_dir.parent.glob("arch-*/summary.json"))]
+            if all(part.get("tracked", True) for part in parts):
+                shard["tracked"] = True
+                atomic_write_json(shard_path, shard)
 
 
 def _raise_exit(signum: int, _frame) -> None:
