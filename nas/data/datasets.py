@@ -124,8 +124,18 @@ def _load_imagefolder(cfg: dict[str, Any]):
         folder = torchvision.datasets.ImageFolder(str(root), transform=transform)
     except FileNotFoundError as err:
         raise ConfigError(f"dataset.root: {err}") from None
-    images = np.stack([folder[i][0].expand(3, -1, -1).numpy() for i in range(len(folder))])
+    images = np.stack([_read_image(folder, i) for i in range(len(folder))])
     return images, np.asarray(folder.targets, dtype=np.int64), len(folder.classes), None, None
+
+
+def _read_image(folder, index: int) -> np.ndarray:
+    from PIL import UnidentifiedImageError
+
+    try:
+        return folder[index][0].expand(3, -1, -1).numpy()
+    except (OSError, UnidentifiedImageError) as err:
+        raise ConfigError(f"dataset.root: image {folder.samples[index][0]!r} cannot be read ({err}); "
+                          "replace or remove it") from None
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
