@@ -24,7 +24,7 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if isinstance(err, OSError) and err.filename == tmp:  # name the file the caller asked for
+        if isinstance(err, OSError) and err.filename in (None, tmp):  # name the file the caller asked for
             raise OSError(err.errno, err.strerror, str(target)) from err
         raise
 

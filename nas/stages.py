@@ -24,7 +24,7 @@ from .search import METHODS, AccuracyFitness, AngleFitness
 from .spaces import Arch, SearchSpace, build_space
 from .tasks import Task, build_task, check_task_on_dataset
 from .tracking import TrackedRun, init_store
-from .train import TaskModel, Trainer, seed_everything
+from .train import TaskModel, Trainer, load_checkpoint, seed_everything
 
 SUMMARY = "summary.json"
 # Config sections that define a supernet's weights; score/search must use the same ones.
@@ -147,10 +147,11 @@ def _history_writer(path: Path, run: TrackedRun):
     return on_epoch, history
 
 
-def _resume_and_fit(trainer: Trainer, run: TrackedRun, metrics_csv: Path) -> list[dict[str, Any]]:
+def _resume_and_fit(trainer: Trainer, run: TrackedRun, metrics_csv: Path,
+                    checkpoint: dict[str, Any] | None) -> list[dict[str, Any]]:
     on_epoch, history = _history_writer(metrics_csv, run)
     trainer.on_epoch = on_epoch
-    if trainer.resume():
+    if trainer.resume(checkpoint):
         print(f"[nas] {trainer.label}: resuming after epoch {trainer.start_epoch} from {trainer.checkpoint}", flush=True)
         for record in trainer.history:  # the new run carries the whole curve
             on_epoch(record)
@@ -227,10 +228,11 @@ def train_supernet(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | Non
         atomic_torch_save(model.state_dict(), init_path)
     identity = {"stage": "train-supernet", "space": cfg["space"], "task": cfg["task"], "dataset": cfg["dataset"],
                 "data": data.fingerprint, "seed": cfg["seed"], "training": cfg["supernet"]}
+    checkpoint = load_checkpoint(out_dir / "checkpoint.pt", identity, device)
     with TrackedRun(cfg, "train-supernet", _tags(cfg, tags), out_dir, tracking_info) as run:
         trainer = Trainer(model, data, cfg["supernet"], device, out_dir / "checkpoint.pt", identity, cfg["seed"],
                           path_sampler=space.sample, progress=cfg["progress"], label="supernet")
-        history = _resume_and_fit(trainer, run, out_dir / "metrics.csv")
+        history = _resume_and_fit(trainer, run, out_dir / "metrics.csv", checkpoint)
         atomic_torch_save(model.state_dict(), out_dir / "weights_final.pt")
         final = history[-1] if history else {}
         metrics = {k: v for k, v in final.items() if k != "epoch"}
@@ -335,12 +337,21 @@ def search(cfg: dict[str, Any], out_dir: Path, supernet_dir: Path, tracking_info
                               "best_arch": space.to_str(best.arch), "best_index": space.to_index(best.arch)})
 
 
+def _train_identity(cfg: dict[str, Any], space: SearchSpace, arch: Arch, data: ImageData) -> dict[str, Any]:
+    """What a stand-alone training's checkpoint must match to be resumed."""
+    return {"stage": "train", "space": cfg["space"], "arch": space.to_str(arch), "task": cfg["task"],
+            "dataset": cfg["dataset"], "data": data.fingerprint, "seed": cfg["seed"], "training": cfg["train"]}
+
+
+def _arch_dir(out_dir: Path, space: SearchSpace, arch: Arch) -> Path:
+    return out_dir / f"arch-{space.to_index(arch):05d}"
+
+
 def _train_one(cfg: dict[str, Any], space: SearchSpace, arch: Arch, data: ImageData, task: Task, device: torch.device,
                arch_dir: Path, tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
     started = time.time()
     arch_str = space.to_str(arch)
-    identity = {"stage": "train", "space": cfg["space"], "arch": arch_str, "task": cfg["task"],
-                "dataset": cfg["dataset"], "data": data.fingerprint, "seed": cfg["seed"], "training": cfg["train"]}
+    identity = _train_identity(cfg, space, arch, data)
     done = arch_dir / SUMMARY
     if done.is_file():
         previous = read_json(done)
@@ -351,11 +362,12 @@ def _train_one(cfg: dict[str, Any], space: SearchSpace, arch: Arch, data: ImageD
     seed_everything(cfg["seed"])
     model = TaskModel(space.build_network(arch, task.in_channels), task)
     cost = space.cost(arch, task.num_outputs, task.in_channels, data.info.image_size)
+    checkpoint = load_checkpoint(arch_dir / "checkpoint.pt", identity, device)
     with TrackedRun(cfg, "train", _tags(cfg, {"arch": arch_str, **tags}), arch_dir, tracking_info,
                     run_name=f"train-{cfg['task']['name']}-{space.to_index(arch)}") as run:
         trainer = Trainer(model, data, cfg["train"], device, arch_dir / "checkpoint.pt", identity, cfg["seed"],
                           progress=cfg["progress"], label=f"{cfg['task']['name']} #{space.to_index(arch)}")
-        history = _resume_and_fit(trainer, run, arch_dir / "metrics.csv")
+        history = _resume_and_fit(trainer, run, arch_dir / "metrics.csv", checkpoint)
         accs = [r["eval_acc"] for r in history]
         metrics = {
             "eval_acc_final": accs[-1] if accs else float("nan"),
@@ -373,9 +385,13 @@ def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_fil
           top: int | None, tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
     started = time.time()
     space = build_space(cfg["space"])
+    if top is not None and (top < 1 or archs_file is None):
+        raise ConfigError(f"--top {top}: must be at least 1 and comes with --archs FILE")
     if archs_file is not None:
         arch_list = read_archs(space, archs_file)
         if top is not None:
+            if top > len(arch_list):
+                raise ConfigError(f"--top {top}: {str(archs_file)!r} lists only {len(arch_list)} architectures")
             arch_list = arch_list[:top]
     elif archs:
         arch_list = [space.from_str(a) for a in archs]
@@ -384,11 +400,13 @@ def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_fil
     arch_list, shard_index, shard_count = shard_of(arch_list, shard)
     device = _setup(cfg)
     data, task = _data_and_task(cfg, device)
-    begin_job(out_dir)
+    if begin_job(out_dir):  # a resumed shard: refuse a foreign or broken checkpoint before training anything
+        for arch in arch_list:
+            load_checkpoint(_arch_dir(out_dir, space, arch) / "checkpoint.pt", _train_identity(cfg, space, arch, data),
+                            device)
     rows, tracked = [], []
     for arch in arch_list:
-        summary = _train_one(cfg, space, arch, data, task, device, out_dir / f"arch-{space.to_index(arch):05d}",
-                             tracking_info, tags)
+        summary = _train_one(cfg, space, arch, data, task, device, _arch_dir(out_dir, space, arch), tracking_info, tags)
         rows.append({"space": space.name, "dataset": cfg["dataset"]["name"], "task": cfg["task"]["name"],
                      "seed": cfg["seed"], "index": space.to_index(arch), "arch": space.to_str(arch),
                      **summary["metrics"], "source": str(archs_file) if archs_file else "",

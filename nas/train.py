@@ -118,6 +118,25 @@ def recalibrate_bn(model: TaskModel, data: ImageData, split: str, batch_size: in
         model(inputs, arch=arch)
 
 
+def load_checkpoint(path: Path, identity: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
+    """The checkpoint a job resumes from, or None if there is none yet.
+
+    Read before the job opens its tracking run, so that an unreadable checkpoint or one of another
+    job is refused as bad input, with nothing started.
+    """
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as err:
+        raise ConfigError(f"checkpoint {str(path)!r} cannot be read ({err}); delete it to start over") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != identity:
+        held = state.get("identity") if isinstance(state, dict) else type(state).__name__
+        raise ConfigError(f"checkpoint {str(path)!r} belongs to another job: it holds {held}, this job is {identity}; "
+                          "delete it or choose another --out")
+    return state
+
+
 class Trainer:
     """Trains ``model`` on the ``train`` split for ``cfg['epochs']`` epochs and evaluates after each.
 
@@ -180,19 +199,10 @@ class Trainer:
             "history": self.history,
         }
 
-    def resume(self) -> bool:
-        """Load the last checkpoint if there is one; True when training resumes from it."""
-        if not self.checkpoint.exists():
+    def resume(self, state: dict[str, Any] | None) -> bool:
+        """Continue from ``state`` (see ``load_checkpoint``); True when there was one to continue from."""
+        if state is None:
             return False
-        try:
-            state = torch.load(self.checkpoint, map_location=self.device, weights_only=False)
-        except Exception as err:
-            raise ConfigError(f"checkpoint {str(self.checkpoint)!r} cannot be read ({err}); delete it to start over") from None
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != self.identity:
-            raise ConfigError(
-                f"checkpoint {str(self.checkpoint)!r} belongs to another job: it holds {state.get('identity')}, "
-                f"this job is {self.identity}; delete it or choose another --out"
-            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

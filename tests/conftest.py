@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 from typing import Callable
 
@@ -10,6 +11,9 @@ import torch
 
 from nas.config import load_config
 from nas.data import DatasetInfo
+
+# tests/jobs.py (job helpers) is importable from every test folder, tests/faults included.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # The published tables live beside the repository (../shared/data/nb201) and are never copied into it.
 NB201_TABLES = Path(__file__).resolve().parents[2] / "shared/data/nb201"
