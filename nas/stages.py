@@ -47,6 +47,9 @@ def begin_job(out_dir: Path) -> bool:
     out_dir.mkdir(parents=True, exist_ok=True)
     state = out_dir / JOB_STATE
     resume = state.is_file() and read_json(state).get("state") == "running"
+    for folder in [out_dir, *sorted(out_dir.glob("arch-*"))]:
+        for partial in folder.glob(".*.tmp"):  # an atomic write cut short by a kill; never a complete file
+            partial.unlink()
     if not resume:
         for folder in [out_dir, *sorted(out_dir.glob("arch-*"))]:
             for name in JOB_FILES:

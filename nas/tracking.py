@@ -26,6 +26,11 @@ from typing import Any, Iterator
 from .config import config_hash, flatten
 from .io import atomic_write_json, read_json
 
+# MLflow's usage telemetry: a background thread that phones home. Jobs on offline clusters gain
+# nothing from it, and with many concurrent jobs it raced with their logging calls (seen here with
+# 32 jobs). Set MLFLOW_DISABLE_TELEMETRY=false to keep it.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 PARAM_VALUE_LIMIT = 6000
 BATCH_LIMIT = 100
 
@@ -123,12 +128,16 @@ def probe(uri: str, timeout_s: float) -> None:
     if uri.startswith("sqlite:///"):
         _probe_sqlite(uri, timeout_s)
         return
+    if uri.startswith(("http://", "https://")):
+        _probe_http(uri, timeout_s)
+        return
     outcome: dict[str, BaseException | None] = {}
+    client = _client(uri)  # outside the clock: importing MLflow alone can take seconds
 
     def ask() -> None:
         try:
             with http_limits(timeout_s, 0):
-                _client(uri).search_experiments(max_results=1)
+                client.search_experiments(max_results=1)
             outcome["error"] = None
         except BaseException as err:  # reported to the caller below
             outcome["error"] = err
@@ -144,6 +153,24 @@ def probe(uri: str, timeout_s: float) -> None:
         message = str(outcome["error"]).strip().splitlines()[0][:300] if str(outcome["error"]).strip() else ""
         raise TrackingUnavailable(f"tracking store {uri!r} is unreachable: {type(outcome['error']).__name__}: "
                                   f"{message} (no work was done)")
+
+
+def _probe_http(uri: str, timeout_s: float) -> None:
+    """Any HTTP answer means the server is up (its queries may still be slow; they have their own timeout)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass  # it answered, if not with 200: not an MLflow server's /health, but reachable
+    except (OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, TimeoutError) or isinstance(err, TimeoutError):
+            raise TrackingUnavailable(f"tracking store {uri!r} did not answer within {timeout_s:g} s; start it or set "
+                                      "tracking.uri / $MLFLOW_TRACKING_URI (no work was done)") from None
+        raise TrackingUnavailable(f"tracking store {uri!r} is unreachable: {reason} (no work was done)") from None
 
 
 def _probe_sqlite(uri: str, timeout_s: float) -> None:
