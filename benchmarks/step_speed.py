@@ -1,0 +1,199 @@
+"""Training-step speed on NAS-Bench-201 (C=16, N=5, CIFAR-shaped batch): ``nas`` against xautodl, same run.
+
+    python benchmarks/step_speed.py [--repeats 10] [--threads 2] [--batch-size 64] [--steps 3]
+
+Compared, each on the same random uint8 batch (3x32x32, 10 classes), the same thread count and the same
+optimiser (SGD, Nesterov momentum 0.9, lr 0.025, weight decay 5e-4, gradient clipping at 5: the
+defaults of ``nas`` and the settings of xautodl's NB201 search configs):
+
+- SPOS / uniform single-path supernet weight step: forward, backward and SGD step through one path
+  drawn uniformly per step (``NB201Space.sample``; both sides get the same sequence of paths).
+  Ours: ``nas.train.Trainer._train_epoch`` over a supernet built by ``nas.spaces`` (the trainer's real
+  loop, including its batched crop/flip augmentation and normalisation). xautodl: its RSPS supernet
+  (``get_cell_based_tiny_net(name='RANDOM')``, the model its RANDOM-NAS script trains) with the drawn
+  path set as ``arch_cache``, fed a ready normalised tensor (no augmentation), step as in its script.
+- Stand-alone cell step: the same loop for the discrete network of one cell (default: the best NB201
+  cell) against xautodl's ``TinyNetwork`` (``name='infer.tiny'``) of the same genotype.
+- GDAS and DARTS-V1 iterations: listed only; ``nas`` does not implement them.
+
+Timing: ``--repeats`` rounds of (ours, xautodl), each call ``--steps`` training steps, after one warm-up
+round; the table gives medians in seconds per step and the ratio xautodl / ours (>1: ours is faster).
+xautodl is optional: ``pip install --no-deps xautodl==1.0.0 fvcore``; without it only our figures print.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from _common import Row, interleaved, machine_line, markdown_table, median, set_threads, spread
+from nas.config import load_config
+from nas.data import DatasetInfo, ImageData
+from nas.search import METHODS
+from nas.spaces import Arch, SearchSpace, build_space
+from nas.tasks import build_task
+from nas.tasks.base import normalize
+from nas.train import TaskModel, Trainer, build_optimizer
+
+BEST_CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+NUM_CLASSES = 10
+TARGET_SPEEDUP = 1.3
+XAUTODL_HINT = "pip install --no-deps xautodl==1.0.0 fvcore"
+
+
+def random_cifar_batch(batch_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (B, 3, 32, 32) and labels in range(10), the same for every contender."""
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, NUM_CLASSES, (batch_size,), generator=generator)
+    return images, labels
+
+
+def replicated_dataset(images: torch.Tensor, labels: torch.Tensor, copies: int) -> ImageData:
+    """A train split of ``copies`` copies of the batch, so one trainer epoch is ``copies`` steps on it."""
+    stats = images.float().div(255.0)
+    info = DatasetInfo(name="random-cifar", num_classes=NUM_CLASSES, channels=3, image_size=32,
+                       num_images=len(images) * copies,
+                       mean=tuple(stats.mean(dim=(0, 2, 3)).tolist()), std=tuple(stats.std(dim=(0, 2, 3)).tolist()),
+                       flip=True, crop_padding=4)  # CIFAR's augmentation rule
+    empty = torch.zeros(0, dtype=torch.int64)
+    return ImageData(images=images.repeat(copies, 1, 1, 1), labels=labels.repeat(copies), info=info,
+                     splits={"train": torch.arange(len(images) * copies), "valid": empty, "search": empty})
+
+
+def our_epoch(model: TaskModel, data: ImageData, training: dict[str, Any], seed: int, workdir: Path,
+              path_sampler: Callable[[random.Random], Arch] | None) -> Callable[[], None]:
+    """One call = one ``Trainer._train_epoch`` over ``data`` (the trainer's own step loop, nothing re-written)."""
+    trainer = Trainer(model, data, training, torch.device("cpu"), workdir / "unused-checkpoint.pt", identity={},
+                      seed=seed, path_sampler=path_sampler, progress=False, label="bench")
+    return lambda: trainer._train_epoch(0)
+
+
+def xautodl_steps(network: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, training: dict[str, Any],
+                  steps: int, set_path: Callable[[], None] | None) -> Callable[[], None]:
+    """One call = ``steps`` weight steps the way xautodl's NB201 search scripts take them."""
+    optimizer = build_optimizer(network.parameters(), training)
+    network.train()
+
+    def run() -> None:
+        for _ in range(steps):
+            if set_path is not None:
+                set_path()
+            optimizer.zero_grad()
+            _, logits = network(inputs)
+            loss = F.cross_entropy(logits, targets)
+            loss.backward()
+            nn.utils.clip_grad_norm_(network.parameters(), training["grad_clip"])
+            optimizer.step()
+
+    return run
+
+
+def load_xautodl() -> Any | None:
+    """The ``xautodl.models`` module, or None (with the reason printed) when it cannot be imported."""
+    try:
+        import xautodl.models as models
+    except ImportError as err:
+        print(f"xautodl is not installed ({err}); printing our figures only. To compare: {XAUTODL_HINT}\n")
+        return None
+    return models
+
+
+def count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def seconds_row(name: str, ours: list[float], peer: list[float] | None, note: str = "") -> Row:
+    ours_s = median(ours)
+    if peer is None:
+        return Row(name, f"{ours_s:.3f} s/step {spread(ours)}", "xautodl absent", None, note or "n/a")
+    peer_s = median(peer)
+    return Row(name, f"{ours_s:.3f} s/step {spread(ours)}", f"{peer_s:.3f} s/step {spread(peer)}", peer_s / ours_s, note)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds of (ours, xautodl); medians reported")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads for both")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=3, help="training steps per timed call")
+    parser.add_argument("--channels", type=int, default=16)
+    parser.add_argument("--cells", type=int, default=5, help="cells per stage (N)")
+    parser.add_argument("--cell", default=BEST_CELL, help="the stand-alone cell, as an NB201 string")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    set_threads(args.threads)
+    cfg = load_config(None, [f"space.channels={args.channels}", f"space.cells_per_stage={args.cells}", "task.name=cls",
+                             f"supernet.batch_size={args.batch_size}", f"train.batch_size={args.batch_size}"])
+    space: SearchSpace = build_space(cfg["space"])
+    images, labels = random_cifar_batch(args.batch_size, args.seed)
+    data = replicated_dataset(images, labels, args.steps)
+    task = build_task(cfg["task"], data.info, args.seed)
+    peer_inputs = normalize(images.float() / 255.0, data.info)
+    xautodl = load_xautodl()
+    print(f"# Training-step speed: nas vs xautodl, NB201 C={args.channels} N={args.cells}, batch {args.batch_size}\n")
+    print(machine_line(args.threads))
+    print(f"Settings: {args.repeats} interleaved repeats x {args.steps} steps, medians (± half the range); "
+          f"ratio = xautodl time / our time.\n")
+
+    rows: list[Row] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # (a) SPOS / uniform single-path supernet weight step
+        torch.manual_seed(args.seed)
+        supernet = TaskModel(space.build_supernet(task.in_channels), task)
+        contenders = [our_epoch(supernet, data, cfg["supernet"], args.seed, Path(tmp), space.sample)]
+        if xautodl is not None:
+            peer_net = xautodl.get_cell_based_tiny_net({
+                "name": "RANDOM", "C": args.channels, "N": args.cells, "max_nodes": 4, "num_classes": NUM_CLASSES,
+                "space": list(space.ops), "affine": cfg["space"]["supernet"]["bn_affine"],
+                "track_running_stats": cfg["space"]["supernet"]["bn_track_stats"]})
+            path_rng = random.Random(args.seed)  # the trainer's path RNG is seeded the same way: same paths
+
+            def set_path(net: nn.Module = peer_net) -> None:
+                net.arch_cache = xautodl.CellStructure.str2structure(space.to_str(space.sample(path_rng)))
+
+            contenders.append(xautodl_steps(peer_net, peer_inputs, labels, cfg["supernet"], args.steps, set_path))
+            notes.append(f"supernet parameters: ours {count_params(supernet):,}, xautodl {count_params(peer_net):,}")
+        times = interleaved(contenders, args.repeats)
+        per_step = [[t / args.steps for t in series] for series in times]
+        rows.append(seconds_row("SPOS supernet weight step (uniform single path)", per_step[0],
+                                per_step[1] if xautodl is not None else None))
+
+        # (b) one stand-alone cell
+        torch.manual_seed(args.seed)
+        network = TaskModel(space.build_network(space.from_str(args.cell), task.in_channels), task)
+        contenders = [our_epoch(network, data, cfg["train"], args.seed, Path(tmp), None)]
+        if xautodl is not None:
+            peer_net = xautodl.get_cell_based_tiny_net({"name": "infer.tiny", "C": args.channels, "N": args.cells,
+                                                        "arch_str": args.cell, "num_classes": NUM_CLASSES})
+            contenders.append(xautodl_steps(peer_net, peer_inputs, labels, cfg["train"], args.steps, None))
+            notes.append(f"stand-alone network parameters: ours {count_params(network):,}, "
+                         f"xautodl {count_params(peer_net):,}")
+        times = interleaved(contenders, args.repeats)
+        per_step = [[t / args.steps for t in series] for series in times]
+        rows.append(seconds_row("stand-alone cell training step", per_step[0],
+                                per_step[1] if xautodl is not None else None))
+
+    # (c) gradient-based search iterations: compared only once nas has them
+    for method, label in (("gdas", "GDAS search iteration"), ("darts-v1", "DARTS-V1 search iteration")):
+        if method not in METHODS:
+            rows.append(Row(label, "not implemented in nas", "not measured", None, "n/a"))
+
+    print(markdown_table(rows, "xautodl", TARGET_SPEEDUP))
+    print(f"\nCell: {args.cell}")
+    for note in notes:
+        print(f"- {note}")
+    print("- ours = Trainer._train_epoch (includes batched crop/flip augmentation and normalisation); "
+          "xautodl = forward/backward/clip/SGD step on a ready normalised tensor.")
+
+
+if __name__ == "__main__":
+    main()
