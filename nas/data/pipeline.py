@@ -34,20 +34,24 @@ def augment(images: torch.Tensor, info: DatasetInfo, generator: torch.Generator)
     """Random crop with zero padding and random horizontal flip, per image, as batched tensor ops.
 
     ``images`` is float in [0, 1]; the random draws come from the CPU ``generator`` so that a resumed
-    job draws the same numbers on any device.
+    job draws the same numbers on any device. Crop and flip are one gather from the padded batch: a
+    pixel is copied, never computed, so the result is exactly that of cropping and then flipping.
     """
-    batch, _, height, width = images.shape
+    batch, channels, height, width = images.shape
     pad = info.crop_padding
-    if pad > 0:
-        padded = F.pad(images, (pad, pad, pad, pad))
-        offset_y = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).to(images.device)
-        offset_x = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).to(images.device)
-        rows = (offset_y[:, None] + torch.arange(height, device=images.device))[:, None, :, None]
-        cols = (offset_x[:, None] + torch.arange(width, device=images.device))[:, None, None, :]
-        index_b = torch.arange(batch, device=images.device)[:, None, None, None]
-        index_c = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
-        images = padded[index_b, index_c, rows, cols]
-    if info.flip:
-        flip = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
-        images = torch.where(flip[:, None, None, None], images.flip(3), images)
-    return images
+    if pad == 0 and not info.flip:
+        return images
+    # The draws (crop rows, crop columns, then flips) and their order define what a seed means.
+    no_offset = torch.zeros(batch, dtype=torch.int64)
+    offset_y = torch.randint(0, 2 * pad + 1, (batch,), generator=generator) if pad > 0 else no_offset
+    offset_x = torch.randint(0, 2 * pad + 1, (batch,), generator=generator) if pad > 0 else no_offset
+    flip = torch.rand(batch, generator=generator) < 0.5 if info.flip else torch.zeros(batch, dtype=torch.bool)
+    padded_width = width + 2 * pad
+    columns = torch.arange(width)
+    # a flipped image reads its crop's columns right to left
+    cols = offset_x[:, None] + torch.where(flip[:, None], columns.flip(0), columns)
+    rows = offset_y[:, None] + torch.arange(height)
+    index = (rows[:, :, None] * padded_width + cols[:, None, :]).view(batch, 1, height * width).to(images.device)
+    padded = F.pad(images, (pad, pad, pad, pad)) if pad > 0 else images
+    flat = padded.reshape(batch, channels, -1)
+    return flat.gather(2, index.expand(batch, channels, height * width)).view(batch, channels, height, width)
