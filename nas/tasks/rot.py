@@ -25,5 +25,5 @@ class Rotation(Task):
     def prepare(self, images, labels, ids, train, generator):
         if train:
             images = augment(images, self.info, generator)
-        rotated, targets = all_rotations(images)
-        return normalize(rotated, self.info), targets
+        # Normalising is per channel, so doing it before the rotations gives the same values on 4x less data.
+        return all_rotations(normalize(images, self.info))
