@@ -85,13 +85,12 @@ class Jigsaw(Task):
 
     def prepare(self, images, labels, ids, train, generator):
         device = images.device
+        batch = images.shape[0]
+        gray = None
         if train:
             images = augment(images, self.info, generator)
             if self.gray_prob > 0:
-                gray = (torch.rand(images.shape[0], generator=generator) < self.gray_prob).to(device)
-                luma = (images * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)).sum(1, True)
-                images = torch.where(gray[:, None, None, None], luma.expand_as(images), images)
-        batch = images.shape[0]
+                gray = (torch.rand(batch, generator=generator) < self.gray_prob).to(device)
         slack = self.cell - self.tile
         if train:
             offsets = torch.randint(0, slack + 1, (batch, self.num_tiles, 2), generator=generator)
@@ -102,24 +101,31 @@ class Jigsaw(Task):
                 perm_index = self.eval_perm[ids.cpu()]
             else:
                 perm_index = torch.randint(len(self.permutations), (batch,), generator=generator)
-        tiles = []
-        for i in range(self.grid):
-            for j in range(self.grid):
-                k = i * self.grid + j
-                rows = (i * self.cell + offsets[:, k, 0, None] + torch.arange(self.tile)).to(device)
-                cols = (j * self.cell + offsets[:, k, 1, None] + torch.arange(self.tile)).to(device)
-                index_b = torch.arange(batch, device=device)[:, None, None, None]
-                index_c = torch.arange(images.shape[1], device=device)[None, :, None, None]
-                tiles.append(images[index_b, index_c, rows[:, None, :, None], cols[:, None, None, :]])
-        tiles = torch.stack(tiles, dim=1)  # (B, T, C, t, t) in grid order
-        mean = tiles.mean(dim=(3, 4), keepdim=True)
-        std = tiles.std(dim=(3, 4), keepdim=True)
-        tiles = (tiles - mean) / (std + 1e-5)
-        # tile at grid position k goes to slot perm[k]
-        slots = self.permutations[perm_index].to(device)  # (B, T)
-        placed = torch.empty_like(tiles)
-        placed[torch.arange(batch, device=device)[:, None], slots] = tiles
-        return placed, perm_index.to(device)
+        tiles = self._placed_tiles(images, offsets, self.permutations[perm_index])
+        if gray is not None:  # per pixel, so the same on the tiles as on the whole image, on less data
+            luma = (tiles * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 1, 3, 1, 1)).sum(2, True)
+            tiles = torch.where(gray[:, None, None, None, None], luma.expand_as(tiles), tiles)
+        std, mean = torch.std_mean(tiles, dim=(3, 4), keepdim=True)
+        return (tiles - mean) / (std + 1e-5), perm_index.to(device)
+
+    def _placed_tiles(self, images: torch.Tensor, offsets: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, t, t): slot slots[b, k] holds the crop at ``offsets[b, k]`` inside grid cell k.
+
+        One gather builds every tile already in its slot, instead of a gather per tile and a scatter.
+        """
+        batch, channels, height, width = images.shape
+        source = torch.argsort(slots, dim=1)  # inverse permutation: the grid cell whose tile lands in each slot
+        cell_row = torch.div(source, self.grid, rounding_mode="floor") * self.cell
+        cell_col = torch.remainder(source, self.grid) * self.cell
+        chosen = offsets.gather(1, source[:, :, None].expand(-1, -1, 2))
+        span = torch.arange(self.tile)
+        rows = (cell_row + chosen[:, :, 0])[:, :, None] + span  # (B, T, t)
+        cols = (cell_col + chosen[:, :, 1])[:, :, None] + span
+        pixels = rows[:, :, None, :, None] * width + cols[:, :, None, None, :]  # (B, T, 1, t, t)
+        index = pixels + (torch.arange(channels) * (height * width)).view(1, 1, channels, 1, 1)
+        flat = images.reshape(batch, channels * height * width)
+        tiles = flat.gather(1, index.reshape(batch, -1).to(images.device))
+        return tiles.view(batch, self.num_tiles, channels, self.tile, self.tile)
 
     def forward(self, backbone, head, inputs):
         return head(backbone(inputs.flatten(0, 1)))
