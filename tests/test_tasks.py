@@ -13,7 +13,7 @@ from nas.registry import ConfigError
 from nas.spaces import build_space
 from nas.tasks import TASKS, build_task, check_task_on_dataset
 from nas.tasks.base import normalize
-from nas.tasks.col import gamut_bins, nearest_bin
+from nas.tasks.col import BinIndex, gamut_bins, nearest_bin
 from nas.tasks.jig import permutation_set
 from nas.tasks.rand import random_labels
 from nas.tasks.rot import all_rotations
@@ -361,3 +361,22 @@ def test_task_model_outputs_fit_loss_and_metric(cfg, tiny_info, tiny_space_cfg, 
             grads = [p.grad for p in model.head.parameters()]
             assert all(g is not None and torch.isfinite(g).all() for g in grads)
             assert any(g.abs().sum() > 0 for g in grads)
+
+
+# ---- col: the nearest-bin table against the distance search --------------------------------------------
+def test_bin_index_equals_nearest_bin_on_8bit_colours():
+    bins = gamut_bins(10.0)
+    lookup = BinIndex(bins, 10.0)
+    assert lookup.on_grid
+    colours = torch.randint(0, 256, (8, 3, 16, 16), generator=_gen(3)).float() / 255.0
+    ab = rgb_to_lab(colours)[:, 1:]
+    assert torch.equal(lookup(ab), nearest_bin(ab, bins))
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0])  # on the grid of 10 (sparse: most pixels fall back), off it
+def test_bin_index_equals_nearest_bin_for_other_bin_sets(offset):
+    bins = torch.tensor([[0.0, 0.0], [50.0, 50.0], [-50.0, 50.0], [0.0, -60.0], [10.0, 0.0]]) + offset
+    lookup = BinIndex(bins, 10.0)
+    assert lookup.on_grid == (offset == 0.0)
+    ab = torch.randn(3, 2, 9, 9, generator=_gen(4)) * 60
+    assert torch.equal(lookup(ab), nearest_bin(ab, bins))

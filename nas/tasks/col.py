@@ -57,6 +57,51 @@ def nearest_bin(ab: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     return index.view(ab.shape[0], ab.shape[2], ab.shape[3])
 
 
+class BinIndex:
+    """Nearest-bin lookup for a fixed bin set: a table lookup where the bins sit on a square grid.
+
+    Rounding each coordinate of ab to the grid gives its nearest grid point; when that point is a bin it
+    is also the nearest bin (the bins are grid points), so one table read replaces a distance to every
+    bin. Only pixels whose grid point is not a bin (possible with a sparse ``bins_file``) fall back to
+    :func:`nearest_bin`, and bins off the grid use it throughout.
+    """
+
+    def __init__(self, bins: torch.Tensor, grid: float) -> None:
+        self.bins = bins
+        self.grid = grid
+        cells = bins / grid
+        self.on_grid = bool(torch.equal(cells, cells.round()))
+        if self.on_grid:
+            cells = cells.round().to(torch.int64)
+            self.origin = cells.min(dim=0).values  # (2,) lattice coordinates of the table's first row/column
+            self.extent = cells.max(dim=0).values - self.origin + 1
+            table = torch.full((int(self.extent[0]) * int(self.extent[1]),), -1, dtype=torch.int64)
+            local = cells - self.origin
+            table[local[:, 0] * self.extent[1] + local[:, 1]] = torch.arange(len(bins))
+            self.table = table
+        self._on_device: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+    def _tensors(self, device: torch.device) -> tuple[torch.Tensor, ...]:
+        if device not in self._on_device:
+            self._on_device[device] = tuple(t.to(device) for t in (self.table, self.origin, self.extent))
+        return self._on_device[device]
+
+    def __call__(self, ab: torch.Tensor) -> torch.Tensor:
+        """ab (B, 2, H, W) -> index (B, H, W) of the nearest bin, as :func:`nearest_bin` gives it."""
+        if not self.on_grid:
+            return nearest_bin(ab, self.bins)
+        table, origin, extent = self._tensors(ab.device)
+        local = torch.round(ab / self.grid).to(torch.int64) - origin.view(1, 2, 1, 1)
+        inside = ((local >= 0) & (local < extent.view(1, 2, 1, 1))).all(dim=1)
+        flat = local[:, 0] * extent[1] + local[:, 1]
+        index = table[torch.where(inside, flat, 0)].masked_fill_(~inside, -1)
+        missing = index < 0
+        if bool(missing.any()):
+            points = ab.permute(0, 2, 3, 1)[missing]  # (M, 2)
+            index[missing] = torch.cdist(points, self.bins.to(ab.device)).argmin(dim=1)
+        return index
+
+
 class ColorizationHead(nn.Module):
     """1x1 conv to bin logits, bilinearly upsampled (align_corners=True) to the input size."""
 
@@ -79,6 +124,7 @@ class Colorization(Task):
         super().__init__(cfg, info, seed)
         col = cfg["col"]
         self.bins = load_bins(col["bins_file"]) if col["bins_file"] else gamut_bins(float(col["grid"]))
+        self.bin_index = BinIndex(self.bins, float(col["grid"]))
         # UnNAS normalises L/100 with the mean of the RGB channel statistics.
         self.l_mean = float(np.mean(info.mean))
         self.l_std = float(np.mean(info.std))
@@ -98,7 +144,7 @@ class Colorization(Task):
             images = augment(images, self.info, generator)
         lab = rgb_to_lab(images)
         inputs = (lab[:, :1] / 100.0 - self.l_mean) / self.l_std
-        return inputs, nearest_bin(lab[:, 1:], self.bins)
+        return inputs, self.bin_index(lab[:, 1:])
 
     def build_head(self, feature_channels):
         head = ColorizationHead(feature_channels, self.num_outputs)
