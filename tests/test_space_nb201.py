@@ -337,3 +337,23 @@ def test_angle_vector_moves_with_shared_weights(tiny_space_cfg):
     changed = (before != after).sum().item()
     # edge 0's 4*4*9 weights lie on two live paths (0->1->2->3 and 0->1->3) in the first cell
     assert changed == 2 * 4 * 4 * 9
+
+
+def test_cpu_channels_last_layout_changes_no_result(tiny_space_cfg, monkeypatch):
+    """Activations run channels_last on the CPU for speed; the numbers are those of the NCHW network."""
+    from nas.spaces import nb201
+
+    space = build_space(tiny_space_cfg(channels=4, cells_per_stage=2))
+    torch.manual_seed(0)
+    supernet = space.build_supernet(3)
+    network = space.build_network(space.from_str(RESNET_LIKE), 3)
+    x = torch.randn(4, 3, 16, 16)
+    arch = (4, 3, 4, 2, 1, 4)  # pools, convs and a skip
+    fast = supernet(x, arch=arch), network(x)
+    assert nb201.activation_format(x.device) == torch.channels_last
+    assert fast[0].is_contiguous(memory_format=torch.channels_last)
+    monkeypatch.setattr(nb201, "activation_format", lambda device: torch.contiguous_format)
+    plain = supernet(x, arch=arch), network(x)
+    assert plain[0].is_contiguous()
+    for got, expected in zip(fast, plain):
+        assert torch.allclose(got, expected, atol=1e-5)
