@@ -395,8 +395,8 @@ KILL_STUDY = {
               "fitnesses": ["angle"]},
     "space": {"channels": 4, "cells_per_stage": 1},
     "dataset": {"limit": 400, "image_size": 12},
-    "supernet": {"epochs": 6, "batch_size": 50, "lr": 0.05},
-    "train": {"epochs": 6, "batch_size": 50, "lr": 0.05},
+    "supernet": {"epochs": 8, "batch_size": 50, "lr": 0.05},
+    "train": {"epochs": 8, "batch_size": 50, "lr": 0.05},
     "sample": {"num_archs": 2},
 }
 KILL_TARGETS = {
@@ -405,12 +405,13 @@ KILL_TARGETS = {
 }
 
 
-def _snakemake(work: Path, target: str, **popen: Any) -> subprocess.Popen:
+def _snakemake(work: Path, target: str, unlock: bool = False) -> subprocess.Popen:
     snakemake = Path(PYTHON).with_name("snakemake")
-    return subprocess.Popen([str(snakemake), f"{target}/summary.json", "--snakefile", str(REPO / "Snakefile"),
+    return subprocess.Popen([str(snakemake), str(work / target / "summary.json"), "--snakefile", str(REPO / "Snakefile"),
                              "--directory", str(work), "--configfile", str(work / "study.yaml"), "--cores", "1",
-                             "--rerun-incomplete", "--quiet"], cwd=work, env=job_env(), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **popen)
+                             "--rerun-incomplete", "--quiet", *(["--unlock"] if unlock else [])],
+                            cwd=work, env=job_env(), start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def _outcome(job_dir: Path) -> dict[str, Any]:
@@ -443,6 +444,17 @@ def _check_after_kill(job_dir: Path) -> list[str]:
     return problems
 
 
+def _job_window(job_dir: Path, proc: subprocess.Popen) -> float:
+    """Seconds from the job marking its folder running to its summary: the span a kill may land in."""
+    state, summary = job_dir / ".job_state.json", job_dir / "summary.json"
+    while not state.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    opened = time.time()
+    while not summary.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    return time.time() - opened
+
+
 def section_kills(work: Path, points: int, seed: int) -> list[Row]:
     rows = []
     rng = random.Random(seed)
@@ -452,11 +464,11 @@ def section_kills(work: Path, points: int, seed: int) -> list[Row]:
         job_dir = work / target
         log(f"kills: uninterrupted reference run of {stage}")
         reference_proc = _snakemake(work, target)
+        job_wall = _job_window(job_dir, reference_proc)
         if reference_proc.wait() != 0:
             rows.append(Row("kills", f"{stage}: reference run", 1, 0, reference_proc.stderr.read()[-300:]))
             continue
         reference = _outcome(job_dir)
-        job_wall = json.loads((job_dir / "summary.json").read_text())["wall_seconds"]
         for signum in (signal.SIGKILL, signal.SIGTERM):
             held, notes, resumed = 0, [], 0
             for point in range(points):
@@ -472,6 +484,8 @@ def section_kills(work: Path, points: int, seed: int) -> list[Row]:
                 proc.wait()
                 problems = _check_after_kill(job_dir)
                 checkpoints = len(list(job_dir.rglob("checkpoint.pt")))
+                if signum == signal.SIGKILL:  # Snakemake itself died too: its lock stays, as after a power loss
+                    _snakemake(work, target, unlock=True).wait()
                 rerun = _snakemake(work, target)
                 if rerun.wait() != 0:
                     problems.append(f"re-run failed: {rerun.stderr.read()[-300:]}")
@@ -484,8 +498,8 @@ def section_kills(work: Path, points: int, seed: int) -> list[Row]:
                     held += 1
                 log(f"kills: {stage} {signal.Signals(signum).name} at +{delay:.1f} s: "
                     f"{'held' if not problems else problems}")
-            detail = (f"killed at U(0, {job_wall:.0f} s) after job start; {resumed} re-runs resumed from a checkpoint; "
-                      "final metrics compared with an uninterrupted run")
+            detail = (f"killed at U(0, {job_wall:.1f} s) after the job opened its folder; {resumed} of {points} re-runs "
+                      "resumed from a checkpoint; every epoch's figures and the summary equal the uninterrupted run's")
             rows.append(Row("kills", f"{stage}: {signal.Signals(signum).name}, then re-run by Snakemake", points, held,
                             detail + ("" if not notes else f"; FAILED: {notes[:2]}")))
     return rows
