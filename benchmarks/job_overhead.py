@@ -1,0 +1,192 @@
+"""What a job costs besides its training, and what the scheduler costs besides the jobs.
+
+    python benchmarks/job_overhead.py                 # all rows (about 5 minutes on 2 CPU cores)
+    python benchmarks/job_overhead.py --only fixed tracking
+
+Rows:
+- per-job fixed cost: wall time of `nas train` and `nas train-supernet` with zero epochs on the default
+  study's config (interpreter start-up, imports, config, data, tracking), split into imports, tracking
+  and the rest; target at most 4 s.
+- tracking overhead: the share of a default-study job's wall time spent in tracking calls (the MLflow
+  client's import and store set-up included), for a stand-alone shard (8 architectures x 3 epochs) and
+  a supernet; target at most 2 %.
+- scheduling: `snakemake -n` of the paper-scale UnNAS sample-based study (500 architectures x 4 tasks x
+  3 seeds) and the no-op re-run once every output exists; targets under 10 s each.
+Each figure is the median of --repeats runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
+PAPER_STUDY = REPO / "configs" / "studies" / "unnas_nb201_cifar10.yaml"
+
+
+def env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
+def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env())
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed:\n{result.stderr[-2000:]}")
+    return wall, result
+
+
+def study_config(work: Path) -> Path:
+    """The default study's config with results under ``work`` and no progress bars."""
+    cfg = yaml.safe_load((REPO / "configs" / "default.yaml").read_text())
+    cfg.update(results_dir=str(work / "results"), progress=False, threads=1)
+    work.mkdir(parents=True, exist_ok=True)
+    path = work / "default.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def tracked_store(work: Path, config: Path) -> Path:
+    info = work / "results" / "tracking.json"
+    if not info.exists():
+        timed([PYTHON, "-m", "nas", "tracking-init", "--config", str(config), "--out", str(info)])
+    return info
+
+
+def summaries(folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(folder.rglob("summary.json"))]
+
+
+def fixed_cost(work: Path, repeats: int) -> list[tuple[str, str, str]]:
+    config = study_config(work)
+    info = tracked_store(work, config)
+    imports = [timed([PYTHON, "-c", "import nas.cli, nas.stages, nas.tracking, mlflow.tracking"])[0]
+               for _ in range(repeats)]
+    rows = [("imports only (`import nas.stages, mlflow`)", f"{statistics.median(imports):.2f} s", "")]
+    jobs = {
+        "train": ["train", "--arch", CELL, "train.epochs=0"],
+        "train-supernet": ["train-supernet", "supernet.epochs=0", "task.name=rand"],
+    }
+    for name, args in jobs.items():
+        walls, tracking, inside = [], [], []
+        for repeat in range(repeats):
+            out = work / f"fixed-{name}-{repeat}"
+            wall, _ = timed([PYTHON, "-m", "nas", *args[:1], "--config", str(config), "--tracking-info", str(info),
+                             *args[1:], "--out", str(out)])
+            walls.append(wall)
+            found = summaries(out)
+            tracking.append(sum(s.get("tracking_seconds", 0.0) for s in found))
+            inside.append(max(s["wall_seconds"] for s in found))
+        total = statistics.median(walls)
+        rows.append((f"per-job fixed cost: `nas {name}`, 0 epochs", f"{total:.2f} s",
+                     f"target <= 4 s: {'met' if total <= 4 else 'NOT met'}; in the stage {statistics.median(inside):.2f} s "
+                     f"(tracking {statistics.median(tracking):.2f} s), start-up and imports {total - statistics.median(inside):.2f} s"))
+    return rows
+
+
+def tracking_overhead(work: Path, repeats: int) -> list[tuple[str, str, str]]:
+    config = study_config(work)
+    info = tracked_store(work, config)
+    archs = work / "archs"
+    if not (archs / "archs.json").exists():
+        timed([PYTHON, "-m", "nas", "sample", "--config", str(config), "--tracking-info", str(info), "--out", str(archs)])
+    shards = json.loads((archs / "archs.json").read_text())["archs"]
+    num_shards = -(-len(shards) // yaml.safe_load(config.read_text())["study"].get("shard_size", 8))
+    jobs = {
+        f"default-study train shard (8 archs x 3 epochs)": ["train", "--archs", str(archs / "archs.json"),
+                                                            "--shard", f"0/{num_shards}"],
+        "default-study supernet (rand)": ["train-supernet", "task.name=rand"],
+    }
+    rows = []
+    for name, args in jobs.items():
+        shares, walls = [], []
+        for repeat in range(repeats):
+            out = work / f"overhead-{args[0]}-{repeat}"
+            wall, _ = timed([PYTHON, "-m", "nas", args[0], "--config", str(config), "--tracking-info", str(info),
+                             *args[1:], "--out", str(out)])
+            spent = sum(s.get("tracking_seconds", 0.0) for s in summaries(out))
+            shares.append(100.0 * spent / wall)
+            walls.append(wall)
+        share = statistics.median(shares)
+        rows.append((f"tracking overhead: {name}", f"{share:.1f} % of {statistics.median(walls):.1f} s",
+                     f"target <= 2 %: {'met' if share <= 2 else 'NOT met'}"))
+    return rows
+
+
+def scheduling(work: Path, repeats: int) -> list[tuple[str, str, str]]:
+    study = yaml.safe_load(PAPER_STUDY.read_text())
+    study["results_dir"] = str(work / "paper")
+    (work / "paper").mkdir(parents=True, exist_ok=True)
+    config = work / "paper.yaml"
+    config.write_text(yaml.safe_dump(study))
+    snakemake = [str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"), "--directory", str(work),
+                 "--configfile", str(config), "--cores", "8", "--resources", "gpu=8"]
+    plans = []
+    for _ in range(repeats):
+        wall, result = timed([*snakemake[:-4], "-n", "--quiet", "rules", *snakemake[-4:]], cwd=work)
+        plans.append(wall)
+    jobs = _planned_jobs(result.stdout + result.stderr)
+    rows = [(f"`snakemake -n`, paper-scale UnNAS study ({jobs} jobs)", f"{statistics.median(plans):.2f} s",
+             f"target < 10 s: {'met' if statistics.median(plans) < 10 else 'NOT met'}")]
+    # Every output in place, oldest first, then a plain run must find nothing to do.
+    _, listing = timed([*snakemake, "--summary"], cwd=work)
+    outputs = [line.split("\t")[0] for line in listing.stdout.splitlines()[1:] if line.strip()]
+    for output in outputs:
+        path = work / output if not os.path.isabs(output) else Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    timed([*snakemake, "--touch", "--quiet"], cwd=work)
+    noops = []
+    for _ in range(repeats):
+        wall, result = timed([*snakemake, "--quiet"], cwd=work)
+        noops.append(wall)
+        if "Nothing to be done" not in result.stdout + result.stderr:
+            raise RuntimeError(f"the re-run was not a no-op:\n{(result.stdout + result.stderr)[-1500:]}")
+    rows.append((f"no-op re-run, paper-scale UnNAS study ({len(outputs)} outputs exist)",
+                 f"{statistics.median(noops):.2f} s",
+                 f"target < 10 s: {'met' if statistics.median(noops) < 10 else 'NOT met'}"))
+    return rows
+
+
+def _planned_jobs(text: str) -> int:
+    found = re.search(r"^total\s+(\d+)", text, flags=re.MULTILINE)
+    return int(found.group(1)) if found else -1
+
+
+SECTIONS = {"fixed": fixed_cost, "tracking": tracking_overhead, "scheduling": scheduling}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    rows: list[tuple[str, str, str]] = []
+    with tempfile.TemporaryDirectory(prefix="nas-overhead-") as scratch:
+        for name in args.only:
+            rows += SECTIONS[name](Path(scratch) / name, args.repeats)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {cpu}, {os.cpu_count()} CPUs, medians of {args.repeats}\n")
+    print("| measured | figure | note |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row[0]} | {row[1]} | {row[2]} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
