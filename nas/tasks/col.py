@@ -13,12 +13,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kornia.color import rgb_to_lab
 from torch import nn
 
 from ..data import augment
 from ..registry import ConfigError
 from .base import TASKS, Task
+
+
+def rgb_to_lab(images: torch.Tensor) -> torch.Tensor:
+    """CIE Lab of sRGB images in [0, 1] (kornia's; imported here, as kornia adds ~0.5 s to every job's start-up)."""
+    from kornia.color import rgb_to_lab as kornia_rgb_to_lab
+
+    return kornia_rgb_to_lab(images)
 
 
 @functools.lru_cache(maxsize=4)
