@@ -52,6 +52,7 @@ def artifact_root(cfg: dict[str, Any]) -> str:
     return (Path(cfg["results_dir"]).resolve() / "mlartifacts").as_uri()
 
 
+@functools.lru_cache(maxsize=None)
 def git_sha() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
