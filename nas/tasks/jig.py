@@ -105,8 +105,11 @@ class Jigsaw(Task):
         if gray is not None:  # per pixel, so the same on the tiles as on the whole image, on less data
             luma = (tiles * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 1, 3, 1, 1)).sum(2, True)
             tiles = torch.where(gray[:, None, None, None, None], luma.expand_as(tiles), tiles)
-        std, mean = torch.std_mean(tiles, dim=(3, 4), keepdim=True)
-        return (tiles - mean) / (std + 1e-5), perm_index.to(device)
+        # Each tile standardised on its own (unbiased std), two-pass; torch.std_mean over the two
+        # trailing dims is ~8x slower on the CPU than a mean and a norm.
+        centered = tiles - tiles.mean(dim=(3, 4), keepdim=True)
+        std = torch.linalg.vector_norm(centered, dim=(3, 4), keepdim=True) / math.sqrt(self.tile * self.tile - 1)
+        return centered / (std + 1e-5), perm_index.to(device)
 
     def _placed_tiles(self, images: torch.Tensor, offsets: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """(B, T, C, t, t): slot slots[b, k] holds the crop at ``offsets[b, k]`` inside grid cell k.
