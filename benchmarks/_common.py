@@ -29,11 +29,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def load_average() -> str:
+    """The 1-minute load average: other work on a small machine slows multi-threaded runs a lot."""
+    try:
+        with open("/proc/loadavg") as handle:
+            return handle.read().split()[0]
+    except OSError:
+        return "unknown"
+
+
 def machine_line(threads: int) -> str:
-    """One line naming what the figures were measured on and when."""
+    """One line naming what the figures were measured on, how busy it was at the start, and when."""
     return (f"Machine: {cpu_model()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, "
-            f"{threads} torch thread(s), python {platform.python_version()}; "
-            f"{datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
+            f"{threads} torch thread(s), python {platform.python_version()}, load average {load_average()} "
+            f"at start; {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
 
 
 def set_threads(threads: int) -> None:

@@ -32,7 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from _common import Row, interleaved, machine_line, markdown_table, median, set_threads, spread
+from _common import Row, interleaved, load_average, machine_line, markdown_table, median, set_threads, spread
 from nas.config import load_config
 from nas.data import DatasetInfo, ImageData, iterate_batches
 from nas.tasks import build_task
@@ -209,6 +209,7 @@ def main() -> None:
         print(f"  measured {label}", flush=True)
     print()
     print(markdown_table(rows, "DataLoader (per image)", TARGET_SPEEDUP))
+    print(f"Load average at the end: {load_average()}")
 
 
 if __name__ == "__main__":

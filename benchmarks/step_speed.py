@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import Row, interleaved, machine_line, markdown_table, median, set_threads, spread
+from _common import Row, interleaved, load_average, machine_line, markdown_table, median, set_threads, spread
 from nas.config import load_config
 from nas.data import DatasetInfo, ImageData
 from nas.search import METHODS
@@ -193,6 +193,7 @@ def main() -> None:
         print(f"- {note}")
     print("- ours = Trainer._train_epoch (includes batched crop/flip augmentation and normalisation); "
           "xautodl = forward/backward/clip/SGD step on a ready normalised tensor.")
+    print(f"Load average at the end: {load_average()}")
 
 
 if __name__ == "__main__":
