@@ -114,7 +114,8 @@ def seconds_row(name: str, ours: list[float], peer: list[float] | None, note: st
     if peer is None:
         return Row(name, f"{ours_s:.3f} s/step {spread(ours)}", "xautodl absent", None, note or "n/a")
     peer_s = median(peer)
-    return Row(name, f"{ours_s:.3f} s/step {spread(ours)}", f"{peer_s:.3f} s/step {spread(peer)}", peer_s / ours_s, note)
+    return Row(name, f"{ours_s:.3f} s/step {spread(ours)}", f"{peer_s:.3f} s/step {spread(peer)}",
+               peer_s / ours_s, note)
 
 
 def main() -> None:

@@ -15,8 +15,9 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 def _per_image_reference(images: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Zero-pad, crop at the drawn offset, then flip, one image at a time; draws: rows, columns, flips."""
     batch, _, height, width = images.shape
-    offset_y = torch.randint(0, 2 * pad + 1, (batch,), generator=generator) if pad else torch.zeros(batch, dtype=torch.long)
-    offset_x = torch.randint(0, 2 * pad + 1, (batch,), generator=generator) if pad else torch.zeros(batch, dtype=torch.long)
+    still = torch.zeros(batch, dtype=torch.long)
+    offset_y = torch.randint(0, 2 * pad + 1, (batch,), generator=generator) if pad else still
+    offset_x = torch.randint(0, 2 * pad + 1, (batch,), generator=generator) if pad else still
     flips = torch.rand(batch, generator=generator) < 0.5 if flip else torch.zeros(batch, dtype=torch.bool)
     out = []
     for image, dy, dx, mirrored in zip(images, offset_y.tolist(), offset_x.tolist(), flips.tolist()):
@@ -25,7 +26,8 @@ def _per_image_reference(images: torch.Tensor, pad: int, flip: bool, generator: 
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("pad,flip,channels,size", list(itertools.product([0, 1, 4], [False, True], [1, 3], [(8, 8), (6, 10)])))
+@pytest.mark.parametrize("pad,flip,channels,size",
+                         list(itertools.product([0, 1, 4], [False, True], [1, 3], [(8, 8), (6, 10)])))
 def test_augment_equals_per_image_crop_then_flip(tiny_info, pad, flip, channels, size):
     info = tiny_info(channels=channels, image_size=size[0], flip=flip, crop_padding=pad)
     images = torch.rand(9, channels, *size, generator=torch.Generator().manual_seed(1))
