@@ -1,7 +1,7 @@
 """The long fault-injection suite: kills through Snakemake, concurrent writers, a lost tracking server,
 every malformed input through the command line, a real full disk. Prints what it tried and what held.
 
-    python benchmarks/faults.py                  # everything (about 25 minutes on 2 CPU cores)
+    python benchmarks/faults.py                  # everything (about 35 minutes on 2 CPU cores)
     python benchmarks/faults.py --only kills     # one section: kills, concurrency, tracking, inputs, runtime
     python benchmarks/faults.py --table docs/faults_table.md
 
@@ -395,8 +395,8 @@ KILL_STUDY = {
               "fitnesses": ["angle"]},
     "space": {"channels": 4, "cells_per_stage": 1},
     "dataset": {"limit": 400, "image_size": 12},
-    "supernet": {"epochs": 8, "batch_size": 50, "lr": 0.05},
-    "train": {"epochs": 8, "batch_size": 50, "lr": 0.05},
+    "supernet": {"epochs": 16, "batch_size": 50, "lr": 0.05},
+    "train": {"epochs": 16, "batch_size": 50, "lr": 0.05},
     "sample": {"num_archs": 2},
 }
 KILL_TARGETS = {
