@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from _common import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -179,9 +180,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="nas-overhead-") as scratch:
         for name in args.only:
             rows += SECTIONS[name](Path(scratch) / name, args.repeats)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}, {cpu}, {os.cpu_count()} CPUs, medians of {args.repeats}\n")
+    print(f"{machine_line(threads=1)}; medians of {args.repeats}\n")
     print("| measured | figure | note |\n|---|---|---|")
     for row in rows:
         print(f"| {row[0]} | {row[1]} | {row[2]} |")

@@ -141,18 +141,16 @@ def run(argv: Sequence[str] | None = None) -> int:
                                     args.image_size):
             sys.stdout.write(line + "\n")
         return 0
-    if args.stage == "tracking-init":
-        from .tracking import probe, tracking_uri
+    from .tracking import probe, tracking_uri
 
-        probe(tracking_uri(cfg), cfg["tracking"]["connect_timeout_s"])
+    tags = _parse_tags(getattr(args, "tag", []))
+    tracking_info = read_json(args.tracking_info) if getattr(args, "tracking_info", None) else None
+    # Before any work: a job whose store cannot be reached stops here.
+    probe(tracking_info["uri"] if tracking_info else tracking_uri(cfg), cfg["tracking"]["connect_timeout_s"])
+    if args.stage == "tracking-init":
         info = stages.tracking_init(cfg, args.out)
         print(f"[nas] tracking store {info['uri']}, experiment {info['experiment']!r}, parent run {info['parent_run_id']}")
         return 0
-    tracking_info = read_json(args.tracking_info) if args.tracking_info else None
-    tags = _parse_tags(args.tag)
-    from .tracking import probe, tracking_uri
-
-    probe(tracking_info["uri"] if tracking_info else tracking_uri(cfg), cfg["tracking"]["connect_timeout_s"])
     if args.stage == "sample":
         summary = stages.sample(cfg, args.out, tracking_info, tags)
     elif args.stage == "train-supernet":

@@ -350,22 +350,25 @@ def _arch_dir(out_dir: Path, space: SearchSpace, arch: Arch) -> Path:
     return out_dir / f"arch-{space.to_index(arch):05d}"
 
 
-def _train_one(cfg: dict[str, Any], space: SearchSpace, arch: Arch, data: ImageData, task: Task, device: torch.device,
-               arch_dir: Path, tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
-    started = time.time()
-    arch_str = space.to_str(arch)
-    identity = _train_identity(cfg, space, arch, data)
+def _finished_training(arch_dir: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """The summary of this very training if an earlier attempt of the shard completed it."""
     done = arch_dir / SUMMARY
     if done.is_file():
         previous = read_json(done)
         if previous.get("inputs", {}).get("identity") == identity:
-            print(f"[nas] {arch_str}: already trained in {arch_dir}; reusing its summary", flush=True)
             return previous
+    return None
+
+
+def _train_one(cfg: dict[str, Any], space: SearchSpace, arch: Arch, data: ImageData, task: Task, device: torch.device,
+               arch_dir: Path, identity: dict[str, Any], checkpoint: dict[str, Any] | None,
+               tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
+    started = time.time()
+    arch_str = space.to_str(arch)
     arch_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg["seed"])
     model = TaskModel(space.build_network(arch, task.in_channels), task)
     cost = space.cost(arch, task.num_outputs, task.in_channels, data.info.image_size)
-    checkpoint = load_checkpoint(arch_dir / "checkpoint.pt", identity, device)
     with TrackedRun(cfg, "train", _tags(cfg, {"arch": arch_str, **tags}), arch_dir, tracking_info,
                     run_name=f"train-{cfg['task']['name']}-{space.to_index(arch)}") as run:
         trainer = Trainer(model, data, cfg["train"], device, arch_dir / "checkpoint.pt", identity, cfg["seed"],
@@ -403,13 +406,23 @@ def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_fil
     arch_list, shard_index, shard_count = shard_of(arch_list, shard)
     device = _setup(cfg)
     data, task = _data_and_task(cfg, device)
-    if begin_job(out_dir):  # a resumed shard: refuse a foreign or broken checkpoint before training anything
-        for arch in arch_list:
-            load_checkpoint(_arch_dir(out_dir, space, arch) / "checkpoint.pt", _train_identity(cfg, space, arch, data),
-                            device)
-    rows, tracked = [], []
+    begin_job(out_dir)
+    # Every checkpoint a resumed shard would continue from is read (once) before any training, so
+    # that a foreign or broken one is refused as bad input.
+    plan = []
     for arch in arch_list:
-        summary = _train_one(cfg, space, arch, data, task, device, _arch_dir(out_dir, space, arch), tracking_info, tags)
+        arch_dir, identity = _arch_dir(out_dir, space, arch), _train_identity(cfg, space, arch, data)
+        finished = _finished_training(arch_dir, identity)
+        checkpoint = None if finished else load_checkpoint(arch_dir / "checkpoint.pt", identity, device)
+        plan.append((arch, arch_dir, identity, finished, checkpoint))
+    rows, tracked = [], []
+    for arch, arch_dir, identity, finished, checkpoint in plan:
+        if finished:
+            print(f"[nas] {space.to_str(arch)}: already trained in {arch_dir}; reusing its summary", flush=True)
+            summary = finished
+        else:
+            summary = _train_one(cfg, space, arch, data, task, device, arch_dir, identity, checkpoint, tracking_info,
+                                 tags)
         rows.append({"space": space.name, "dataset": cfg["dataset"]["name"], "task": cfg["task"]["name"],
                      "seed": cfg["seed"], "index": space.to_index(arch), "arch": space.to_str(arch),
                      **summary["metrics"], "source": str(archs_file) if archs_file else "",

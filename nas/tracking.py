@@ -90,7 +90,7 @@ def init_store(cfg: dict[str, Any], out_file: str | Path) -> dict[str, Any]:
         run_name=f"study-{cfg['study']['name']}",
         tags={"stage": "study", "study": cfg["study"]["name"], "config_hash": config_hash(cfg), "git_sha": git_sha()},
     )
-    _log_params(client, parent.info.run_id, cfg)
+    replay(client, parent.info.run_id, params_entry(cfg))
     client.set_terminated(parent.info.run_id, "FINISHED")
     info = {"uri": uri, "experiment": experiment_name(cfg), "experiment_id": experiment_id,
             "parent_run_id": parent.info.run_id}
@@ -98,12 +98,9 @@ def init_store(cfg: dict[str, Any], out_file: str | Path) -> dict[str, Any]:
     return info
 
 
-def _log_params(client, run_id: str, cfg: dict[str, Any]) -> None:
-    from mlflow.entities import Param
-
-    params = [Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in sorted(flatten(cfg).items())]
-    for start in range(0, len(params), BATCH_LIMIT):
-        client.log_batch(run_id, params=params[start:start + BATCH_LIMIT])
+def params_entry(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The resolved config as one journal entry of MLflow params (values cut to MLflow's limit)."""
+    return {"op": "params", "params": {k: str(v)[:PARAM_VALUE_LIMIT] for k, v in sorted(flatten(cfg).items())}}
 
 
 class TrackingUnavailable(RuntimeError):
@@ -151,12 +148,16 @@ def probe(uri: str, timeout_s: float) -> None:
     asker.start()
     asker.join(timeout_s)
     if "error" not in outcome:
-        raise TrackingUnavailable(f"tracking store {uri!r} did not answer within {timeout_s:g} s; start it or set "
-                                  "tracking.uri / $MLFLOW_TRACKING_URI (no work was done)")
+        raise _silent_store(uri, timeout_s)
     if outcome["error"] is not None:
         message = str(outcome["error"]).strip().splitlines()[0][:300] if str(outcome["error"]).strip() else ""
         raise TrackingUnavailable(f"tracking store {uri!r} is unreachable: {type(outcome['error']).__name__}: "
                                   f"{message} (no work was done)")
+
+
+def _silent_store(uri: str, timeout_s: float) -> TrackingUnavailable:
+    return TrackingUnavailable(f"tracking store {uri!r} did not answer within {timeout_s:g} s; start it or set "
+                               "tracking.uri / $MLFLOW_TRACKING_URI (no work was done)")
 
 
 def _probe_http(uri: str, timeout_s: float) -> None:
@@ -172,8 +173,7 @@ def _probe_http(uri: str, timeout_s: float) -> None:
     except (OSError, ValueError) as err:
         reason = getattr(err, "reason", err)
         if isinstance(reason, TimeoutError) or isinstance(err, TimeoutError):
-            raise TrackingUnavailable(f"tracking store {uri!r} did not answer within {timeout_s:g} s; start it or set "
-                                      "tracking.uri / $MLFLOW_TRACKING_URI (no work was done)") from None
+            raise _silent_store(uri, timeout_s) from None
         raise TrackingUnavailable(f"tracking store {uri!r} is unreachable: {reason} (no work was done)") from None
 
 
@@ -228,7 +228,6 @@ class TrackedRun:
 
     def __init__(self, cfg: dict[str, Any], stage: str, tags: dict[str, Any], out_dir: str | Path,
                  tracking_info: dict[str, Any] | None = None, run_name: str | None = None) -> None:
-        self.cfg = cfg
         self.uri = tracking_info["uri"] if tracking_info else tracking_uri(cfg)
         self.limits = (cfg["tracking"]["request_timeout_s"], cfg["tracking"]["request_retries"])
         self.out_dir = Path(out_dir)
@@ -255,7 +254,7 @@ class TrackedRun:
         self.journal.append({"op": "open", "uri": self.uri, "run_id": self.run_id, "stage": stage})
         # Time this job spent on tracking (client import included): benchmarks/job_overhead.py reports it.
         self.seconds = time.perf_counter() - opened
-        self._call({"op": "params", "params": {k: str(v)[:PARAM_VALUE_LIMIT] for k, v in sorted(flatten(cfg).items())}})
+        self._call(params_entry(cfg))
 
     @property
     def complete(self) -> bool:
