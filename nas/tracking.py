@@ -1,26 +1,31 @@
 """The one place that talks to MLflow.
 
 Every stage is an MLflow run (experiment = study name), a child of the study's parent run when the
-workflow created one with ``nas tracking-init``. Metrics are logged synchronously; a run ends
-FINISHED or FAILED, also on SIGTERM/SIGINT; a run left RUNNING by a killed job is marked KILLED
-when the job is re-run.
+workflow created one with ``nas tracking-init``. A run ends FINISHED or FAILED, also on
+SIGTERM/SIGINT; a run left RUNNING by a killed job is marked KILLED when the job is re-run.
 
 The job's own files are the record, MLflow is the view: every call a run makes is first appended
-to a journal next to the job's outputs (``.tracking/<run id>.jsonl``). A store that cannot be
-reached when a job starts stops the job before any work; a store that goes away mid-run only sends
-the run offline: the job finishes, its summary says it is not fully tracked, and
-``nas tracking-sync`` replays the journal's undelivered calls later.
+to a journal next to the job's outputs (``.tracking/<run id>.jsonl``), then handed to the job's
+tracking courier (``nas.courier``), a child process that holds the MLflow client and delivers the
+calls while the job goes on; the job waits for it only to open a run and, at the end, for every
+call to be confirmed. A store that cannot be reached when a job starts stops the job before any
+work; a store that goes away mid-run only sends the run offline: the job finishes, its summary says
+it is not fully tracked, and ``nas tracking-sync`` replays the journal's undelivered calls later.
 """
 from __future__ import annotations
 
+import atexit
+import collections
 import contextlib
 import functools
 import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -72,19 +77,27 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def ensure_experiment(client, cfg: dict[str, Any]) -> str:
-    name = experiment_name(cfg)
+def ensure_experiment(client, name: str, artifact_location: str) -> str:
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root(cfg))
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+def mark_killed_if_running(client, run_id: str) -> None:
+    """End a run that a killed job left RUNNING; never block a re-run on it (it may be in another store)."""
+    try:
+        if client.get_run(run_id).info.status == "RUNNING":
+            client.set_terminated(run_id, "KILLED")
+    except Exception as err:
+        print(f"[nas] could not mark the earlier run {run_id} as KILLED: {err}", file=sys.stderr, flush=True)
 
 
 def init_store(cfg: dict[str, Any], out_file: str | Path) -> dict[str, Any]:
     """Create the store's schema, the study's experiment and its parent run, once, before any job."""
     uri = tracking_uri(cfg)
     client = _client(uri)
-    experiment_id = ensure_experiment(client, cfg)
+    experiment_id = ensure_experiment(client, experiment_name(cfg), artifact_root(cfg))
     parent = client.create_run(
         experiment_id,
         run_name=f"study-{cfg['study']['name']}",
@@ -223,56 +236,146 @@ class Journal:
                                               "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
 
 
+# How long a job waits for its courier: to open a run (its first run also waits for the courier's
+# MLflow import, which on a busy shared file system can take a minute) and for its calls at the end.
+COURIER_OPEN_TIMEOUT_S = 300.0
+COURIER_FLUSH_TIMEOUT_S = 300.0
+
+
+class Courier:
+    """The job's handle on its tracking courier process (``python -m nas.courier``)."""
+
+    def __init__(self, uri: str | None = None) -> None:
+        """Start the courier; given the store's ``uri``, it opens that store before the first request."""
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+        self.process = subprocess.Popen([sys.executable, "-m", "nas.courier", *([uri] if uri else [])],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
+        self._replies: dict[tuple[str, Any], dict[str, Any]] = {}
+        self._changed = threading.Condition()
+        self.exit_reason: str | None = None
+        threading.Thread(target=self._read_replies, name="tracking-courier-replies", daemon=True).start()
+
+    def _read_replies(self) -> None:
+        for line in self.process.stdout:
+            reply = json.loads(line)
+            with self._changed:
+                self._replies[(reply["key"], reply.get("index", "open"))] = reply
+                self._changed.notify_all()
+        code = self.process.wait()
+        with self._changed:
+            self.exit_reason = f"the tracking courier (pid {self.process.pid}) exited with code {code}"
+            self._changed.notify_all()
+
+    @property
+    def alive(self) -> bool:
+        return self.exit_reason is None and self.process.poll() is None
+
+    def send(self, request: dict[str, Any]) -> bool:
+        """Queue one request; False when the courier is gone."""
+        try:
+            self.process.stdin.write(json.dumps(request, default=str) + "\n")
+            self.process.stdin.flush()
+        except (OSError, ValueError):
+            return False
+        return True
+
+    def reply(self, key: str, index: Any, timeout: float) -> dict[str, Any] | None:
+        """The courier's answer to request (key, index), waiting up to ``timeout`` s; None if not there yet.
+
+        A courier that died or stays silent past the timeout answers with an error.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while (key, index) not in self._replies:
+                if self.exit_reason is not None:
+                    return {"key": key, "index": index, "error": self.exit_reason}
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None if timeout == 0 else {"key": key, "index": index,
+                                                      "error": f"the tracking courier did not answer within {timeout:g} s"}
+                self._changed.wait(left)
+            return self._replies.pop((key, index))
+
+    def close(self) -> None:
+        """Let the courier exit (end of input); every run has already waited for its calls to be delivered."""
+        with contextlib.suppress(OSError, ValueError):
+            self.process.stdin.close()
+
+
+_courier: Courier | None = None
+
+
+def start_courier(uri: str | None = None) -> Courier:
+    """This process's courier, started now if there is none (or the last one died); see ``Courier``."""
+    global _courier
+    if _courier is None or not _courier.alive:
+        _courier = Courier(uri)
+        atexit.register(_courier.close)
+    return _courier
+
+
+def stop_courier() -> None:
+    """Let this process's courier exit (its runs have all been flushed by then)."""
+    if _courier is not None:
+        _courier.close()
+
+
 class TrackedRun:
     """One MLflow run; use as a context manager so that it always ends FINISHED or FAILED."""
 
     def __init__(self, cfg: dict[str, Any], stage: str, tags: dict[str, Any], out_dir: str | Path,
                  tracking_info: dict[str, Any] | None = None, run_name: str | None = None) -> None:
+        opened = time.perf_counter()
         self.uri = tracking_info["uri"] if tracking_info else tracking_uri(cfg)
-        self.limits = (cfg["tracking"]["request_timeout_s"], cfg["tracking"]["request_retries"])
         self.out_dir = Path(out_dir)
         self.marker = self.out_dir / f".mlflow_run_{stage}.json"
         self.error: str | None = None
-        opened = time.perf_counter()
         self.status: str | None = None
         self._previous_handlers: dict[int, Any] = {}
-        try:  # the run must exist in the store before any work is done; otherwise fail now
-            with http_limits(*self.limits):
-                self.client = _client(self.uri)
-                self._mark_stale_run_killed()
-                experiment_id = tracking_info["experiment_id"] if tracking_info else ensure_experiment(self.client, cfg)
-                all_tags = {"stage": stage, "study": cfg["study"]["name"], "git_sha": git_sha(),
-                            "config_hash": config_hash(cfg), **{k: str(v) for k, v in tags.items() if v is not None}}
-                if tracking_info and tracking_info.get("parent_run_id"):
-                    all_tags["mlflow.parentRunId"] = tracking_info["parent_run_id"]
-                self.run_id = self.client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
-        except Exception as err:
+        self._awaiting: collections.deque[int] = collections.deque()  # journal indices sent, not yet confirmed
+        self.key = uuid.uuid4().hex
+        all_tags = {"stage": stage, "study": cfg["study"]["name"], "git_sha": git_sha(),
+                    "config_hash": config_hash(cfg), **{k: str(v) for k, v in tags.items() if v is not None}}
+        if tracking_info and tracking_info.get("parent_run_id"):
+            all_tags["mlflow.parentRunId"] = tracking_info["parent_run_id"]
+        self.courier = start_courier(self.uri)
+        # The run must exist in the store before any work is done; otherwise fail now.
+        sent = self.courier.send({
+            "op": "open", "key": self.key, "uri": self.uri, "experiment": experiment_name(cfg),
+            "experiment_id": tracking_info["experiment_id"] if tracking_info else None,
+            "artifact_location": artifact_root(cfg), "tags": all_tags, "run_name": run_name,
+            "stale_run_id": self._stale_run_id(),
+            "limits": [cfg["tracking"]["request_timeout_s"], cfg["tracking"]["request_retries"]]})
+        reply = (self.courier.reply(self.key, "open", COURIER_OPEN_TIMEOUT_S) if sent
+                 else {"error": self.courier.exit_reason or "the tracking courier is gone"})
+        if "error" in reply:
             raise TrackingUnavailable(f"tracking store {self.uri!r} could not create the run of {str(self.out_dir)!r}: "
-                                      f"{type(err).__name__}: {str(err)[:300]} (no work was done)") from None
+                                      f"{reply['error']} (no work was done)")
+        self.run_id = reply["run_id"]
         atomic_write_json(self.marker, {"run_id": self.run_id, "uri": self.uri})
         self.journal = Journal(self.out_dir, self.run_id)
         self.journal.append({"op": "open", "uri": self.uri, "run_id": self.run_id, "stage": stage})
-        # Time this job spent on tracking (client import included): benchmarks/job_overhead.py reports it.
+        # Time this job spent on tracking (waits for its courier included): benchmarks/job_overhead.py reports it.
         self.seconds = time.perf_counter() - opened
         self._call(params_entry(cfg))
 
+    def _stale_run_id(self) -> str | None:
+        """The run of this job's earlier attempt, if one was opened (the courier ends it KILLED if still RUNNING)."""
+        try:
+            return read_json(self.marker)["run_id"] if self.marker.exists() else None
+        except (OSError, ValueError, KeyError) as err:
+            print(f"[nas] ignoring unreadable run marker {self.marker}: {err}", flush=True)
+            return None
+
     @property
     def complete(self) -> bool:
-        """True while every call so far reached the store."""
+        """True while every call so far reached the store (waits for the courier to confirm them)."""
+        self._collect(wait=True)
         return self.error is None
 
-    def _mark_stale_run_killed(self) -> None:
-        if not self.marker.exists():
-            return
-        try:
-            stale = read_json(self.marker)["run_id"]
-            if self.client.get_run(stale).info.status == "RUNNING":
-                self.client.set_terminated(stale, "KILLED")
-        except Exception as err:  # the old run may live in another store; never block a re-run on it
-            print(f"[nas] could not mark the earlier run of {self.out_dir} as KILLED: {err}", flush=True)
-
     def _call(self, entry: dict[str, Any]) -> None:
-        """Journal ``entry``, then send it unless the run is offline; the first failure sends it offline."""
+        """Journal ``entry``, then hand it to the courier unless the run is offline."""
         started = time.perf_counter()
         try:
             self._journal_and_send(entry)
@@ -288,16 +391,33 @@ class TrackedRun:
             # Ending the run matters more than its journal line (e.g. on a full disk).
             print(f"[nas] WARNING: could not journal the end of run {self.run_id}: {err}", flush=True)
             index = self.journal.count
+        self._collect(wait=False)  # learn of a failure as early as the courier reports it
         if self.error is not None:
             return
-        try:
-            with http_limits(*self.limits):
-                replay(self.client, self.run_id, entry)
-        except Exception as err:
-            self.error = f"{type(err).__name__}: {str(err).strip()[:300]}"
-            self.journal.mark_pending(index, self.error)
-            print(f"[nas] WARNING: tracking store {self.uri!r} failed ({self.error}); the job goes on and journals "
-                  f"its tracking calls in {self.journal.path} for `nas tracking-sync`", flush=True)
+        if self.courier.send({"op": "entry", "key": self.key, "index": index, "entry": entry}):
+            self._awaiting.append(index)
+        else:
+            self._go_offline(index, self.courier.exit_reason or "the tracking courier is gone")
+
+    def _collect(self, wait: bool) -> None:
+        """Take the courier's confirmations; the first failure sends the run offline from that entry on."""
+        started = time.perf_counter()
+        while self._awaiting and self.error is None:
+            left = COURIER_FLUSH_TIMEOUT_S - (time.perf_counter() - started)
+            reply = self.courier.reply(self.key, self._awaiting[0], max(left, 0.001) if wait else 0)
+            if reply is None:
+                return
+            index = self._awaiting.popleft()
+            if "error" in reply:
+                self._go_offline(index, reply["error"])
+        if self.error is not None:
+            self._awaiting.clear()
+
+    def _go_offline(self, index: int, error: str) -> None:
+        self.error = error
+        self.journal.mark_pending(index, error)
+        print(f"[nas] WARNING: tracking store {self.uri!r} failed ({error}); the job goes on and journals "
+              f"its tracking calls in {self.journal.path} for `nas tracking-sync`", flush=True)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -310,12 +430,19 @@ class TrackedRun:
         self._call({"op": "artifact", "path": str(Path(path).resolve())})
 
     def end(self, status: str) -> None:
+        """End the run and wait until the courier has delivered (or failed to deliver) every call."""
         if self.status is None:
             self.status = status
             self._call({"op": "end", "status": status})
+        started = time.perf_counter()
+        self._collect(wait=True)
+        self.seconds += time.perf_counter() - started
 
     def summary_fields(self) -> dict[str, Any]:
-        return {"mlflow_run_id": self.run_id, "tracking_uri": self.uri, "tracked": self.complete,
+        started = time.perf_counter()
+        self._collect(wait=True)
+        self.seconds += time.perf_counter() - started
+        return {"mlflow_run_id": self.run_id, "tracking_uri": self.uri, "tracked": self.error is None,
                 "tracking_error": self.error, "tracking_journal": str(self.journal.path),
                 "tracking_seconds": round(self.seconds, 4)}
 

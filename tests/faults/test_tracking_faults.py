@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 
@@ -27,38 +28,39 @@ def test_a_silent_store_fails_the_job_within_the_connect_timeout(tmp_path, monke
     assert not (tmp_path / "job").exists()  # nothing was started
 
 
-def _lose_the_store_after(monkeypatch, calls: int) -> list[str]:
-    """Make every tracking call after the first ``calls`` fail, as when the server goes away."""
+def _lose_the_courier_after_first_epoch(monkeypatch) -> None:
+    """SIGKILL the job's tracking courier right after the job hands it the first epoch's metrics.
+
+    From the job's side this is the store going away: every call it has not confirmed, and every
+    later one, fails. (The courier's own handling of a failing store is tested in test_courier.py.)
+    """
     import nas.tracking
 
-    real_replay = nas.tracking.replay
-    seen: list[str] = []
+    real_log_metrics = nas.tracking.TrackedRun.log_metrics
 
-    def replay(client, run_id, entry):
-        seen.append(entry["op"])
-        if len(seen) > calls:
-            raise ConnectionError("Connection refused (simulated: the tracking server went away)")
-        real_replay(client, run_id, entry)
+    def log_metrics(run, metrics, step):
+        real_log_metrics(run, metrics, step)
+        if run.courier.alive:
+            run.courier.process.send_signal(signal.SIGKILL)
+            run.courier.process.wait()
 
-    monkeypatch.setattr(nas.tracking, "replay", replay)
-    return seen
+    monkeypatch.setattr(nas.tracking.TrackedRun, "log_metrics", log_metrics)
 
 
 def test_a_store_lost_mid_run_is_completed_by_tracking_sync(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = write_config(tmp_path, **{"train.epochs": 3})
-    seen = _lose_the_store_after(monkeypatch, calls=2)  # the params and the first epoch get through
+    _lose_the_courier_after_first_epoch(monkeypatch)
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--config", str(cfg), "--arch", BEST_CELL, "--out", str(tmp_path / "job")])
     assert exit_info.value.code == 0, capsys.readouterr().err
     assert "journals its tracking calls" in capsys.readouterr().out
-    assert len(seen) == 3  # the failing call sent the run offline: no further attempts, no stall
     monkeypatch.undo()
 
     arch_dir = tmp_path / "job" / f"arch-{arch_index(BEST_CELL):05d}"
     summary = json.loads((arch_dir / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["tracked"] is False
-    assert "simulated" in summary["tracking_error"]
+    assert "tracking courier" in summary["tracking_error"] and "exited" in summary["tracking_error"]
     assert json.loads((tmp_path / "job" / "summary.json").read_text())["tracked"] is False
     (run,) = runs(tmp_path)
     assert run.info.status == "RUNNING"
@@ -89,7 +91,7 @@ def test_a_store_lost_mid_run_is_completed_by_tracking_sync(tmp_path, monkeypatc
 def test_sync_to_an_unreachable_store_keeps_the_journal(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     cfg = write_config(tmp_path, **{"train.epochs": 1})
-    _lose_the_store_after(monkeypatch, calls=1)
+    _lose_the_courier_after_first_epoch(monkeypatch)
     with pytest.raises(SystemExit):
         main(["train", "--config", str(cfg), "--arch", BEST_CELL, "--out", str(tmp_path / "job")])
     monkeypatch.undo()
