@@ -240,8 +240,6 @@ def section_runtime(work: Path) -> list[Row]:
     rows = [
         _failed_job("runtime", "NaN loss (lr 1e30)", work / "nan", ["train.lr=1e30", "train.grad_clip=null"],
                     "the loss became"),
-        _failed_job("runtime", "dataset yields no batches", work / "nobatch", ["dataset.limit=60", "train.batch_size=50"],
-                    "fewer than one batch"),
         _full_disk(work / "disk"),
         _determinism(work / "determinism"),
     ]

@@ -8,8 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> None:
     target = Path(path)
@@ -38,6 +36,8 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    import torch  # here, not at the top: the CLI starts the tracking courier before torch is imported
+
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic_write_bytes(path, buffer.getvalue())

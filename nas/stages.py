@@ -232,9 +232,10 @@ def train_supernet(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | Non
     identity = {"stage": "train-supernet", "space": cfg["space"], "task": cfg["task"], "dataset": cfg["dataset"],
                 "data": data.fingerprint, "seed": cfg["seed"], "training": cfg["supernet"]}
     checkpoint = load_checkpoint(out_dir / "checkpoint.pt", identity, device)
+    # The trainer first: building it (torch.optim imports torch._dynamo) overlaps the courier's start.
+    trainer = Trainer(model, data, cfg["supernet"], device, out_dir / "checkpoint.pt", identity, cfg["seed"],
+                      path_sampler=space.sample, progress=cfg["progress"], label="supernet")
     with TrackedRun(cfg, "train-supernet", _tags(cfg, tags), out_dir, tracking_info) as run:
-        trainer = Trainer(model, data, cfg["supernet"], device, out_dir / "checkpoint.pt", identity, cfg["seed"],
-                          path_sampler=space.sample, progress=cfg["progress"], label="supernet")
         history = _resume_and_fit(trainer, run, out_dir / "metrics.csv", checkpoint)
         atomic_torch_save(model.state_dict(), out_dir / "weights_final.pt")
         final = history[-1] if history else {}
@@ -369,10 +370,10 @@ def _train_one(cfg: dict[str, Any], space: SearchSpace, arch: Arch, data: ImageD
     seed_everything(cfg["seed"])
     model = TaskModel(space.build_network(arch, task.in_channels), task)
     cost = space.cost(arch, task.num_outputs, task.in_channels, data.info.image_size)
+    trainer = Trainer(model, data, cfg["train"], device, arch_dir / "checkpoint.pt", identity, cfg["seed"],
+                      progress=cfg["progress"], label=f"{cfg['task']['name']} #{space.to_index(arch)}")
     with TrackedRun(cfg, "train", _tags(cfg, {"arch": arch_str, **tags}), arch_dir, tracking_info,
                     run_name=f"train-{cfg['task']['name']}-{space.to_index(arch)}") as run:
-        trainer = Trainer(model, data, cfg["train"], device, arch_dir / "checkpoint.pt", identity, cfg["seed"],
-                          progress=cfg["progress"], label=f"{cfg['task']['name']} #{space.to_index(arch)}")
         history = _resume_and_fit(trainer, run, arch_dir / "metrics.csv", checkpoint)
         accs = [r["eval_acc"] for r in history]
         metrics = {

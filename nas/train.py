@@ -16,16 +16,13 @@ import torch
 from torch import nn
 
 from .data import ImageData, iterate_batches
+from .errors import NonFiniteLoss
 from .io import atomic_torch_save
 from .registry import ConfigError
 from .spaces import Arch
 from .tasks import Task
 
 CHECKPOINT_FORMAT = 1
-
-
-class NonFiniteLoss(RuntimeError):
-    """The training loss became NaN or infinite."""
 
 
 class TaskModel(nn.Module):

@@ -184,6 +184,8 @@ CASES: list[BadInput] = [
     BadInput("negative learning rate", _override("train.lr=-0.1"), "train.lr"),
     BadInput("image size too small", _override("dataset.image_size=4"), "dataset.image_size"),
     BadInput("split fractions above 1", _override("dataset.splits.train=0.9"), "add up to more than 1"),
+    BadInput("training split smaller than one batch", _override("dataset.limit=60", "train.batch_size=50"),
+             "fewer than one batch of 50"),
     # the study grid
     BadInput("empty seed grid", _override("study.seeds=[]"), "study.seeds"),
     BadInput("empty dataset grid", _override("study.datasets=[]"), "study.datasets"),
