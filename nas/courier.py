@@ -99,6 +99,11 @@ def main() -> None:
         except Exception:  # noqa: BLE001 - the same error reaches the job as the answer to its "open"
             pass
     serve(sys.stdin, replies)
+    # Every call was delivered and answered: skip the interpreter's teardown of MLflow's modules (about
+    # a second), for the job's caller may be waiting on the stderr this process shares with the job.
+    replies.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
