@@ -59,3 +59,27 @@ def test_iterate_batches_covers_the_split_once(tiny_info):
     assert sorted(seen) == [0, 1, 3, 4, 6, 8, 9]
     dropped = [len(ids) for _, _, ids in iterate_batches(data, "train", 3, shuffle=False, drop_last=True)]
     assert dropped == [3, 3]
+
+
+def test_the_packaged_dataset_is_decoded_once_then_read_from_the_cache(tmp_path, monkeypatch, capsys):
+    from nas.config import load_config
+    from nas.data import load_dataset
+
+    cfg = load_config(None, ["dataset.limit=300"])["dataset"]
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
+    first = load_dataset(cfg)
+    (cached,) = (tmp_path / "cache").glob("mnist5k-*.npz")
+    second = load_dataset(cfg)
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert first.fingerprint == second.fingerprint
+
+    cached.write_bytes(b"not an npz file")  # damaged: decoded again and rewritten
+    assert torch.equal(first.images, load_dataset(cfg).images)
+    assert "cannot be read" in capsys.readouterr().out
+    assert torch.equal(first.images, load_dataset(cfg).images) and not capsys.readouterr().out
+
+    (tmp_path / "blocked").write_text("a file where the cache folder should be")
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "blocked"))
+    third = load_dataset(cfg)
+    assert torch.equal(first.images, third.images)
+    assert "cannot cache the decoded mnist5k" in capsys.readouterr().out

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -82,8 +83,11 @@ def _decoded(source: Path, name: str, decode: Callable[[], dict[str, np.ndarray]
     stat = source.stat()
     cached = cache_dir() / f"{name}-{stat.st_size}-{stat.st_mtime_ns}.npz"
     if cached.is_file():
-        with np.load(cached) as stored:
-            return {key: stored[key] for key in stored.files}
+        try:
+            with np.load(cached) as stored:
+                return {key: stored[key] for key in stored.files}
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
+            print(f"[nas] the cached {name} in {cached} cannot be read ({err}); decoding it again", flush=True)
     arrays = decode()
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
