@@ -25,6 +25,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any, TextIO
 
 from . import tracking
@@ -86,6 +87,22 @@ def serve(requests: TextIO, replies: TextIO) -> None:
         replies.flush()
 
 
+def _warm_up(uri: str) -> None:
+    """Import MLflow and open the job's store before the first request: that is the slow part.
+
+    A SQLite store that does not exist yet is left to the first run to create (a job refused as bad
+    input must not leave a store behind, and a schema half-created when the job ends would be broken).
+    """
+    from mlflow.tracking import MlflowClient  # noqa: F401 - the import is the point
+
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        return
+    try:
+        tracking._client(uri)
+    except Exception:  # noqa: BLE001 - the same error reaches the job as the answer to its "open"
+        pass
+
+
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -93,11 +110,7 @@ def main() -> None:
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     if len(sys.argv) > 1:
-        # Import MLflow and open the job's store now, before the first request: that is the slow part.
-        try:
-            tracking._client(sys.argv[1])
-        except Exception:  # noqa: BLE001 - the same error reaches the job as the answer to its "open"
-            pass
+        _warm_up(sys.argv[1])
     serve(sys.stdin, replies)
     # Every call was delivered and answered: skip the interpreter's teardown of MLflow's modules (about
     # a second), for the job's caller may be waiting on the stderr this process shares with the job.
