@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from torch import nn
 
 
 def cpu_model() -> str:
@@ -38,11 +39,31 @@ def load_average() -> str:
         return "unknown"
 
 
+def host_speed(threads: int = 2) -> float:
+    """GFLOP/s of one fixed convolution (3x3, 16 -> 16 channels, 64 x 32 x 32, channels-last, forward).
+
+    A virtual machine's speed moves with its neighbours' load, which the load average inside it does
+    not show; this figure does (about 150 on this project's machine when its host is quiet), so that
+    absolute times from different runs can be told apart from host slow-downs.
+    """
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    conv = nn.Conv2d(16, 16, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    x = torch.randn(64, 16, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        for _ in range(3):
+            conv(x)
+        seconds = median([time_call(lambda: conv(x)) for _ in range(15)])
+    torch.set_num_threads(previous)
+    return 2 * 64 * 32 * 32 * 16 * 16 * 9 / seconds / 1e9
+
+
 def machine_line(threads: int) -> str:
-    """One line naming what the figures were measured on, how busy it was at the start, and when."""
+    """One line naming what the figures were measured on, how busy it and its host were, and when."""
     return (f"Machine: {cpu_model()} ({os.cpu_count()} logical CPUs), torch {torch.__version__}, "
             f"{threads} torch thread(s), python {platform.python_version()}, load average {load_average()} "
-            f"at start; {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
+            f"at start, host speed {host_speed():.0f} GFLOP/s (conv probe); "
+            f"{datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
 
 
 def set_threads(threads: int) -> None:

@@ -32,7 +32,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from _common import Row, interleaved, load_average, machine_line, markdown_table, median, set_threads, spread
+from _common import (Row, host_speed, interleaved, load_average, machine_line, markdown_table, median, set_threads,
+                     spread)
 from nas.config import load_config
 from nas.data import DatasetInfo, ImageData, iterate_batches
 from nas.tasks import build_task
@@ -209,7 +210,7 @@ def main() -> None:
         print(f"  measured {label}", flush=True)
     print()
     print(markdown_table(rows, "DataLoader (per image)", TARGET_SPEEDUP))
-    print(f"Load average at the end: {load_average()}")
+    print(f"Load average at the end: {load_average()}; host speed {host_speed():.0f} GFLOP/s (conv probe)")
 
 
 if __name__ == "__main__":

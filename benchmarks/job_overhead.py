@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import machine_line
+from _common import host_speed, machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -79,7 +79,8 @@ def fixed_cost(work: Path, repeats: int) -> list[tuple[str, str, str]]:
     info = tracked_store(work, config)
     imports = [timed([PYTHON, "-c", "import nas.cli, nas.stages"])[0] for _ in range(repeats)]
     rows = [("the job's imports alone (`import nas.cli, nas.stages`: torch and nas)",
-             f"{statistics.median(imports):.2f} s", "torch.optim adds torch._dynamo (~1.3 s) when the trainer is built")]
+             f"{statistics.median(imports):.2f} s",
+             "torch.optim adds torch._dynamo (~1.3 s) when the trainer is built")]
     rows.append(courier_cost(info, repeats))
     jobs = {
         "train": ["train", "--arch", CELL, "train.epochs=0"],
@@ -216,10 +217,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     rows: list[tuple[str, str, str]] = []
+    speed_at_start = host_speed()
     with tempfile.TemporaryDirectory(prefix="nas-overhead-") as scratch:
         for name in args.only:
             rows += SECTIONS[name](Path(scratch) / name, args.repeats)
-    print(f"{machine_line(threads=1)}; medians of {args.repeats}\n")
+    print(f"{machine_line(threads=1)} at the end, {speed_at_start:.0f} at the start; medians of {args.repeats}\n")
     print("| measured | figure | note |\n|---|---|---|")
     for row in rows:
         print(f"| {row[0]} | {row[1]} | {row[2]} |")

@@ -32,7 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import Row, interleaved, load_average, machine_line, markdown_table, median, set_threads, spread
+from _common import (Row, host_speed, interleaved, load_average, machine_line, markdown_table, median, set_threads,
+                     spread)
 from nas.config import load_config
 from nas.data import DatasetInfo, ImageData
 from nas.search import METHODS
@@ -194,7 +195,7 @@ def main() -> None:
         print(f"- {note}")
     print("- ours = Trainer._train_epoch (includes batched crop/flip augmentation and normalisation); "
           "xautodl = forward/backward/clip/SGD step on a ready normalised tensor.")
-    print(f"Load average at the end: {load_average()}")
+    print(f"Load average at the end: {load_average()}; host speed {host_speed():.0f} GFLOP/s (conv probe)")
 
 
 if __name__ == "__main__":

@@ -248,7 +248,8 @@ class Courier:
     def __init__(self, uri: str | None = None) -> None:
         """Start the courier; given the store's ``uri``, it opens that store before the first request."""
         package_root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)}
+        search_path = [package_root, *filter(None, [os.environ.get("PYTHONPATH")])]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(search_path)}
         self.process = subprocess.Popen([sys.executable, "-m", "nas.courier", *([uri] if uri else [])],
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
         self._replies: dict[tuple[str, Any], dict[str, Any]] = {}
@@ -292,8 +293,10 @@ class Courier:
                     return {"key": key, "index": index, "error": self.exit_reason}
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return None if timeout == 0 else {"key": key, "index": index,
-                                                      "error": f"the tracking courier did not answer within {timeout:g} s"}
+                    if timeout == 0:
+                        return None
+                    return {"key": key, "index": index,
+                            "error": f"the tracking courier did not answer within {timeout:g} s"}
                 self._changed.wait(left)
             return self._replies.pop((key, index))
 
