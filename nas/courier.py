@@ -47,7 +47,7 @@ class _Deliveries:
         key, limits = request["key"], (float(request["limits"][0]), int(request["limits"][1]))
         try:
             with tracking.http_limits(*limits):
-                client = tracking._client(request["uri"])
+                client = tracking.store_client(request["uri"])
                 if request.get("stale_run_id"):
                     tracking.mark_killed_if_running(client, request["stale_run_id"])
                 experiment_id = request.get("experiment_id") or tracking.ensure_experiment(
@@ -98,7 +98,7 @@ def _warm_up(uri: str) -> None:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         return
     try:
-        tracking._client(uri)
+        tracking.store_client(uri)
     except Exception:  # noqa: BLE001 - the same error reaches the job as the answer to its "open"
         pass
 

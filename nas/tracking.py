@@ -68,7 +68,7 @@ def git_sha() -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def _client(uri: str):
+def store_client(uri: str):
     """One client per store and process (a shard of many trainings opens many runs)."""
     from mlflow.tracking import MlflowClient
 
@@ -96,7 +96,7 @@ def mark_killed_if_running(client, run_id: str) -> None:
 def init_store(cfg: dict[str, Any], out_file: str | Path) -> dict[str, Any]:
     """Create the store's schema, the study's experiment and its parent run, once, before any job."""
     uri = tracking_uri(cfg)
-    client = _client(uri)
+    client = store_client(uri)
     experiment_id = ensure_experiment(client, experiment_name(cfg), artifact_root(cfg))
     parent = client.create_run(
         experiment_id,
@@ -146,7 +146,7 @@ def probe(uri: str, timeout_s: float) -> None:
         _probe_http(uri, timeout_s)
         return
     outcome: dict[str, BaseException | None] = {}
-    client = _client(uri)  # outside the clock: importing MLflow alone can take seconds
+    client = store_client(uri)  # outside the clock: importing MLflow alone can take seconds
 
     def ask() -> None:
         try:
@@ -511,7 +511,7 @@ def _sync_one(pending_path: Path, uri_override: str | None) -> dict[str, Any]:
         todo.append({"op": "end", "status": "KILLED"})
     done = 0
     try:
-        client = _client(uri)
+        client = store_client(uri)
         with http_limits(30, 3):
             for done, entry in enumerate(todo):
                 replay(client, run_id, entry)
