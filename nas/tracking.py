@@ -282,9 +282,9 @@ class Courier:
         return True
 
     def reply(self, key: str, index: Any, timeout: float) -> dict[str, Any] | None:
-        """The courier's answer to request (key, index), waiting up to ``timeout`` s; None if not there yet.
+        """The courier's answer to request (key, index), waiting up to ``timeout`` s; None if none came.
 
-        A courier that died or stays silent past the timeout answers with an error.
+        A courier that died answers every request still open with an error.
         """
         deadline = time.monotonic() + timeout
         with self._changed:
@@ -293,10 +293,7 @@ class Courier:
                     return {"key": key, "index": index, "error": self.exit_reason}
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    if timeout == 0:
-                        return None
-                    return {"key": key, "index": index,
-                            "error": f"the tracking courier did not answer within {timeout:g} s"}
+                    return None
                 self._changed.wait(left)
             return self._replies.pop((key, index))
 
@@ -352,6 +349,8 @@ class TrackedRun:
             "limits": [cfg["tracking"]["request_timeout_s"], cfg["tracking"]["request_retries"]]})
         reply = (self.courier.reply(self.key, "open", COURIER_OPEN_TIMEOUT_S) if sent
                  else {"error": self.courier.exit_reason or "the tracking courier is gone"})
+        if reply is None:
+            reply = {"error": f"the tracking courier did not answer within {COURIER_OPEN_TIMEOUT_S:g} s"}
         if "error" in reply:
             raise TrackingUnavailable(f"tracking store {self.uri!r} could not create the run of {str(self.out_dir)!r}: "
                                       f"{reply['error']} (no work was done)")
@@ -404,12 +403,14 @@ class TrackedRun:
 
     def _collect(self, wait: bool) -> None:
         """Take the courier's confirmations; the first failure sends the run offline from that entry on."""
-        started = time.perf_counter()
+        deadline = time.monotonic() + (COURIER_FLUSH_TIMEOUT_S if wait else 0.0)
         while self._awaiting and self.error is None:
-            left = COURIER_FLUSH_TIMEOUT_S - (time.perf_counter() - started)
-            reply = self.courier.reply(self.key, self._awaiting[0], max(left, 0.001) if wait else 0)
+            reply = self.courier.reply(self.key, self._awaiting[0], max(deadline - time.monotonic(), 0.0))
             if reply is None:
-                return
+                if wait:
+                    self._go_offline(self._awaiting[0], "the tracking courier did not confirm the run's calls "
+                                                        f"within {COURIER_FLUSH_TIMEOUT_S:g} s")
+                break
             index = self._awaiting.popleft()
             if "error" in reply:
                 self._go_offline(index, reply["error"])

@@ -84,3 +84,13 @@ def test_opening_marks_the_earlier_killed_run_and_reports_a_bad_store(tmp_path):
     assert bad["key"] == "c" and bad["error"].startswith(("DatabaseError", "MlflowException", "OperationalError"))
     (lost,) = _serve([_entry("d", 1, {"op": "end", "status": "FINISHED"})])
     assert lost["error"] == "the run was never opened"
+
+
+def test_the_job_side_tells_a_silent_courier_from_a_dead_one():
+    courier = nas.tracking.Courier()
+    assert courier.reply("a", 1, timeout=0.05) is None  # nothing asked, nothing answered: not an error yet
+    courier.process.kill()
+    courier.process.wait()
+    answer = courier.reply("a", 1, timeout=10)
+    assert answer["error"].startswith("the tracking courier") and "exited" in answer["error"]
+    assert not courier.alive and courier.send({"op": "entry"}) is False
