@@ -231,7 +231,7 @@ def train_supernet(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | Non
         atomic_torch_save(model.state_dict(), init_path)
     identity = {"stage": "train-supernet", "space": cfg["space"], "task": cfg["task"], "dataset": cfg["dataset"],
                 "data": data.fingerprint, "seed": cfg["seed"], "training": cfg["supernet"]}
-    checkpoint = load_checkpoint(out_dir / "checkpoint.pt", identity, device)
+    checkpoint = load_checkpoint(out_dir / "checkpoint.pt", identity)
     # The trainer first: building it (torch.optim imports torch._dynamo) overlaps the courier's start.
     trainer = Trainer(model, data, cfg["supernet"], device, out_dir / "checkpoint.pt", identity, cfg["seed"],
                       path_sampler=space.sample, progress=cfg["progress"], label="supernet")
@@ -414,7 +414,7 @@ def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_fil
     for arch in arch_list:
         arch_dir, identity = _arch_dir(out_dir, space, arch), _train_identity(cfg, space, arch, data)
         finished = _finished_training(arch_dir, identity)
-        checkpoint = None if finished else load_checkpoint(arch_dir / "checkpoint.pt", identity, device)
+        checkpoint = None if finished else load_checkpoint(arch_dir / "checkpoint.pt", identity)
         plan.append((arch, arch_dir, identity, finished, checkpoint))
     rows, tracked = [], []
     for arch, arch_dir, identity, finished, checkpoint in plan:

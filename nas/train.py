@@ -115,7 +115,7 @@ def recalibrate_bn(model: TaskModel, data: ImageData, split: str, batch_size: in
         model(inputs, arch=arch)
 
 
-def load_checkpoint(path: Path, identity: dict[str, Any], device: torch.device) -> dict[str, Any] | None:
+def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
     """The checkpoint a job resumes from, or None if there is none yet.
 
     Read before the job opens its tracking run, so that an unreadable checkpoint or one of another
@@ -124,7 +124,9 @@ def load_checkpoint(path: Path, identity: dict[str, Any], device: torch.device) 
     if not path.exists():
         return None
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        # onto the CPU: RNG states must stay CPU byte tensors; model and optimizer state move to the
+        # parameters' device as they are loaded
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
         raise ConfigError(f"checkpoint {str(path)!r} cannot be read ({err}); delete it to start over") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT or state.get("identity") != identity:
