@@ -2,6 +2,8 @@
 
 Snakemake's ``gpu`` resource only counts jobs and never names an index, so each job takes a
 non-blocking ``flock`` on ``<lock dir>/gpu<i>.lock`` and holds it until the process exits.
+On a GPU the job runs deterministic kernels only, so that a resumed job ends bit for bit where an
+uninterrupted one does (cuDNN's default backward convolutions accumulate with atomics).
 """
 from __future__ import annotations
 
@@ -45,7 +47,29 @@ def _lease_gpu(count: int, poll_seconds: float = 2.0) -> int:
         waited += pause
 
 
+def use_deterministic_cuda_kernels() -> None:
+    """Make every CUDA kernel of this process deterministic; an op that has no such kernel raises.
+
+    cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` when its first handle is created, i.e. before the first
+    matrix product, which is why this runs before any tensor reaches the device. Filling fresh
+    allocations with NaN (PyTorch's guard against reads of uninitialised memory) is switched off: no
+    op of ours reads memory it has not written, and the fill is one extra kernel per new tensor.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+
+
 def select_device(choice: str) -> torch.device:
+    """The job's device for config key ``device`` (auto, cpu or cuda); on a GPU, deterministic kernels only."""
+    device = _pick_device(choice)
+    if device.type == "cuda":
+        use_deterministic_cuda_kernels()
+    return device
+
+
+def _pick_device(choice: str) -> torch.device:
     if choice == "cpu":
         return torch.device("cpu")
     has_cuda = torch.cuda.is_available()

@@ -13,7 +13,7 @@ from nas.registry import ConfigError
 from nas.spaces import build_space
 from nas.tasks import TASKS, build_task, check_task_on_dataset
 from nas.tasks.base import normalize
-from nas.tasks.col import BinIndex, gamut_bins, nearest_bin
+from nas.tasks.col import BinIndex, ColorizationHead, gamut_bins, nearest_bin
 from nas.tasks.jig import permutation_set
 from nas.tasks.rand import random_labels
 from nas.tasks.rot import all_rotations
@@ -123,6 +123,22 @@ def test_colorization_head_output_shape(cfg, tiny_info, tmp_path):
     head = task.build_head(8)
     out = head(torch.randn(2, 8, 3, 3))
     assert out.shape == (2, 3, 12, 12)
+
+
+@pytest.mark.parametrize("size_in,size_out", [((3, 3), (12, 12)), ((8, 5), (32, 20)), ((1, 4), (7, 9)), ((6, 6), (6, 6))])
+def test_colorization_head_upsamples_as_bilinear_interpolation(size_in, size_out):
+    # The head's two matrix products (deterministic backward on CUDA) must be F.interpolate's bilinear,
+    # align_corners=True, values and gradients.
+    head = ColorizationHead(5, 4, size_out).double()
+    features = torch.randn(2, 5, *size_in, dtype=torch.float64, generator=_gen(3), requires_grad=True)
+    ours = head(features)
+    reference = torch.nn.functional.interpolate(head.classifier(features), size=size_out, mode="bilinear",
+                                                align_corners=True)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+    upstream = torch.randn(ours.shape, dtype=torch.float64, generator=_gen(4))
+    (ours_grad,) = torch.autograd.grad(ours, features, upstream)
+    (reference_grad,) = torch.autograd.grad(reference, features, upstream)
+    torch.testing.assert_close(ours_grad, reference_grad, rtol=0, atol=1e-5)
 
 
 def test_colorization_refuses_gray_dataset(cfg, tiny_info):

@@ -69,6 +69,11 @@ class Task(abc.ABC):
         return head(backbone(inputs))
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        if outputs.dim() > 2:
+            # Dense predictions (N, K, H, W) as (N*H*W, K) rows, the same mean: CUDA's 2-D NLL kernel has
+            # no deterministic version, the 1-D one is deterministic.
+            outputs = outputs.movedim(1, -1).reshape(-1, outputs.shape[1])
+            targets = targets.reshape(-1)
         return F.cross_entropy(outputs, targets, label_smoothing=label_smoothing)
 
     def correct(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:

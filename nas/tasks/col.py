@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import augment
@@ -108,17 +107,48 @@ class BinIndex:
         return index
 
 
-class ColorizationHead(nn.Module):
-    """1x1 conv to bin logits, bilinearly upsampled (align_corners=True) to the input size."""
+def bilinear_weights(size_out: int, size_in: int) -> torch.Tensor:
+    """(size_out, size_in) matrix of 1-D linear interpolation with ``align_corners=True``.
 
-    def __init__(self, in_channels: int, num_bins: int) -> None:
+    ``W_h @ x @ W_w.T`` is ``F.interpolate(x, mode="bilinear", align_corners=True)``: each output row
+    mixes the two nearest input rows with the same weights.
+    """
+    weights = torch.zeros(size_out, size_in)
+    if size_in == 1:
+        return weights.fill_(1.0)
+    position = torch.arange(size_out, dtype=torch.float64) * ((size_in - 1) / max(size_out - 1, 1))
+    low = position.floor().long().clamp(max=size_in - 2)
+    fraction = (position - low).float()
+    rows = torch.arange(size_out)
+    weights[rows, low] = 1.0 - fraction
+    weights[rows, low + 1] = fraction
+    return weights
+
+
+class ColorizationHead(nn.Module):
+    """1x1 conv to bin logits, bilinearly upsampled (align_corners=True) to the input size.
+
+    The upsampling is two matrix products rather than ``F.interpolate``: CUDA has no deterministic
+    backward for bilinear interpolation, and a matrix product's is (see ``nas.devices``).
+    """
+
+    def __init__(self, in_channels: int, num_bins: int, output_size: tuple[int, int]) -> None:
         super().__init__()
         self.classifier = nn.Conv2d(in_channels, num_bins, 1)
-        self.output_size: tuple[int, int] | None = None
+        self.output_size = output_size
+        self._weights: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _interpolation(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (height, width, device)
+        if key not in self._weights:
+            out_h, out_w = self.output_size
+            self._weights[key] = (bilinear_weights(out_h, height).to(device), bilinear_weights(out_w, width).to(device))
+        return self._weights[key]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(features)
-        return F.interpolate(logits, size=self.output_size, mode="bilinear", align_corners=True)
+        rows, cols = self._interpolation(logits.shape[2], logits.shape[3], logits.device)
+        return rows.to(logits.dtype) @ logits @ cols.to(logits.dtype).T
 
 
 @TASKS.register("col")
@@ -153,9 +183,7 @@ class Colorization(Task):
         return inputs, self.bin_index(lab[:, 1:])
 
     def build_head(self, feature_channels):
-        head = ColorizationHead(feature_channels, self.num_outputs)
-        head.output_size = (self.info.image_size, self.info.image_size)
-        return head
+        return ColorizationHead(feature_channels, self.num_outputs, (self.info.image_size, self.info.image_size))
 
     def describe(self):
         return {**super().describe(), "num_bins": self.num_outputs,

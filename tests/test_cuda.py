@@ -1,0 +1,110 @@
+"""The CUDA path, run where a GPU is visible and skipped elsewhere (CI has none; run it on a GPU machine).
+
+Every label source trains on the GPU, with and without bf16 autocast, under the deterministic kernels
+``select_device`` switches on; a resumed training ends bit for bit where an uninterrupted one does; and
+the GPU's float32 forward agrees with the CPU's (which runs channels-last).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nas.data import ImageData
+from nas.devices import select_device
+from nas.spaces import build_space
+from nas.tasks import build_task
+from nas.train import TaskModel, Trainer, load_checkpoint
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+ARCH = (3, 1, 2, 4, 3, 1)  # every op kind of NB201 on some edge
+TASK_NAMES = ("cls", "rot", "jig", "rand", "col")
+
+
+class Interrupted(Exception):
+    """Raised after the first epoch's checkpoint, standing in for a job killed there."""
+
+
+@pytest.fixture(scope="module")
+def gpu() -> torch.device:
+    return select_device("cuda")
+
+
+def _data(tiny_info, count: int = 96) -> ImageData:
+    info = tiny_info(num_classes=6, channels=3, image_size=16, num_images=count, flip=True, crop_padding=2)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (count, 3, 16, 16), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 6, (count,), generator=generator)
+    return ImageData(images, labels, info, {"train": torch.arange(64), "valid": torch.arange(64, count),
+                                            "search": torch.arange(64, count)})
+
+
+def _trainer(cfg, tiny_space_cfg, data: ImageData, device: torch.device, name: str, supernet: bool, amp: bool,
+             checkpoint, on_epoch=None) -> Trainer:
+    config = cfg(f"task.name={name}", "task.col.grid=20", "train.epochs=2", "train.batch_size=16",
+                 f"train.amp={str(amp).lower()}")
+    task = build_task(config["task"], data.info, seed=0)
+    space = build_space(tiny_space_cfg(channels=4, cells_per_stage=1))
+    torch.manual_seed(0)
+    backbone = space.build_supernet(task.in_channels) if supernet else space.build_network(ARCH, task.in_channels)
+    return Trainer(TaskModel(backbone, task), data.to(device), config["train"], device, checkpoint,
+                   identity={"test": name}, seed=0, path_sampler=space.sample if supernet else None,
+                   eval_arch=ARCH if supernet else None, on_epoch=on_epoch, progress=False)
+
+
+@pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16"])
+@pytest.mark.parametrize("supernet", [False, True], ids=["network", "supernet"])
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_every_task_trains_on_the_gpu_with_deterministic_kernels(cfg, tiny_space_cfg, tiny_info, tmp_path, gpu,
+                                                                  name, supernet, amp):
+    assert torch.are_deterministic_algorithms_enabled()
+    trainer = _trainer(cfg, tiny_space_cfg, _data(tiny_info), gpu, name, supernet, amp, tmp_path / "ckpt.pt")
+    history = trainer.fit()
+    assert len(history) == 2
+    for record in history:
+        assert all(math.isfinite(record[key]) for key in ("train_loss", "train_acc", "eval_loss", "eval_acc"))
+    assert all(p.device.type == "cuda" for p in trainer.model.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+@pytest.mark.parametrize("supernet", [False, True], ids=["network", "supernet"])
+@pytest.mark.parametrize("name", ["cls", "col"])
+def test_resumed_gpu_training_equals_an_uninterrupted_one(cfg, tiny_space_cfg, tiny_info, tmp_path, gpu, name,
+                                                          supernet):
+    data = _data(tiny_info)
+    whole = _trainer(cfg, tiny_space_cfg, data, gpu, name, supernet, True, tmp_path / "whole.pt")
+    whole_history = whole.fit()
+
+    def stop_after_first_epoch(record):
+        raise Interrupted
+
+    cut = tmp_path / "cut.pt"
+    with pytest.raises(Interrupted):
+        _trainer(cfg, tiny_space_cfg, data, gpu, name, supernet, True, cut, stop_after_first_epoch).fit()
+    resumed = _trainer(cfg, tiny_space_cfg, data, gpu, name, supernet, True, cut)
+    assert resumed.resume(load_checkpoint(cut, {"test": name}))
+    assert resumed.fit() == whole_history  # every figure of every epoch, to the last bit
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize("name", TASK_NAMES)
+def test_gpu_float32_forward_matches_the_cpu(cfg, tiny_space_cfg, tiny_info, tmp_path, gpu, name):
+    data = _data(tiny_info)
+    on_cpu = _trainer(cfg, tiny_space_cfg, data, torch.device("cpu"), name, False, False, tmp_path / "a.pt").model
+    on_gpu = copy.deepcopy(on_cpu).to(gpu)
+    on_cpu.eval()
+    on_gpu.eval()
+    images = data.images[:8].float() / 255.0
+    inputs, _ = on_cpu.task.prepare(images, data.labels[:8], torch.arange(8), train=False,
+                                    generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = on_cpu(inputs).double()
+        actual = on_gpu(inputs.to(gpu)).double().cpu()
+    # cuDNN runs float32 convolutions in TF32 by default (10-bit mantissa): agreement to ~1e-3, not 1e-6
+    relative = float((actual - expected).norm() / expected.norm())
+    assert np.isfinite(relative) and relative < 1e-2, relative
