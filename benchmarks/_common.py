@@ -78,6 +78,18 @@ def time_call(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def synchronised(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
+    """``fn``, then (on a GPU) a device synchronisation, so that a host clock around it times the device's work."""
+    if device.type != "cuda":
+        return fn
+
+    def run() -> None:
+        fn()
+        torch.cuda.synchronize(device)
+
+    return run
+
+
 def interleaved(contenders: Sequence[Callable[[], object]], repeats: int, warmup: int = 1) -> list[list[float]]:
     """Seconds per call of each contender, ``repeats`` rounds of one call each in turn after ``warmup`` rounds.
 

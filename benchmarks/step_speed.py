@@ -1,6 +1,6 @@
 """Training-step speed on NAS-Bench-201 (C=16, N=5, CIFAR-shaped batch): ``nas`` against xautodl, same run.
 
-    python benchmarks/step_speed.py [--repeats 10] [--threads 2] [--batch-size 64] [--steps 3]
+    python benchmarks/step_speed.py [--repeats 10] [--threads 2] [--batch-size 64] [--steps 3] [--device cpu]
 
 Compared, each on the same random uint8 batch (3x32x32, 10 classes), the same thread count and the same
 optimiser (SGD, Nesterov momentum 0.9, lr 0.025, weight decay 5e-4, gradient clipping at 5: the
@@ -15,6 +15,9 @@ defaults of ``nas`` and the settings of xautodl's NB201 search configs):
 - Stand-alone cell step: the same loop for the discrete network of one cell (default: the best NB201
   cell) against xautodl's ``TinyNetwork`` (``name='infer.tiny'``) of the same genotype.
 - GDAS and DARTS-V1 iterations: listed only; ``nas`` does not implement them.
+
+``--device cuda`` runs both on the GPU (ours with its default bf16 autocast, xautodl in float32 as its
+scripts train) and synchronises the device before each clock read.
 
 Timing: ``--repeats`` rounds of (ours, xautodl), each call ``--steps`` training steps, after one warm-up
 round; the table gives medians in seconds per step and the ratio xautodl / ours (>1: ours is faster).
@@ -33,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from _common import (Row, host_speed, interleaved, load_average, machine_line, markdown_table, median, set_threads,
-                     spread)
+                     spread, synchronised)
 from nas.config import load_config
 from nas.data import DatasetInfo, ImageData
 from nas.search import METHODS
@@ -69,16 +72,20 @@ def replicated_dataset(images: torch.Tensor, labels: torch.Tensor, copies: int) 
 
 
 def our_epoch(model: TaskModel, data: ImageData, training: dict[str, Any], seed: int, workdir: Path,
-              path_sampler: Callable[[random.Random], Arch] | None) -> Callable[[], None]:
+              path_sampler: Callable[[random.Random], Arch] | None,
+              device: torch.device = torch.device("cpu")) -> Callable[[], None]:
     """One call = one ``Trainer._train_epoch`` over ``data`` (the trainer's own step loop, nothing re-written)."""
-    trainer = Trainer(model, data, training, torch.device("cpu"), workdir / "unused-checkpoint.pt", identity={},
+    trainer = Trainer(model, data.to(device), training, device, workdir / "unused-checkpoint.pt", identity={},
                       seed=seed, path_sampler=path_sampler, progress=False, label="bench")
-    return lambda: trainer._train_epoch(0)
+    return synchronised(lambda: trainer._train_epoch(0), device)
 
 
 def xautodl_steps(network: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, training: dict[str, Any],
-                  steps: int, set_path: Callable[[], None] | None) -> Callable[[], None]:
+                  steps: int, set_path: Callable[[], None] | None,
+                  device: torch.device = torch.device("cpu")) -> Callable[[], None]:
     """One call = ``steps`` weight steps the way xautodl's NB201 search scripts take them."""
+    network.to(device)
+    inputs, targets = inputs.to(device), targets.to(device)
     optimizer = build_optimizer(network.parameters(), training)
     network.train()
 
@@ -93,7 +100,7 @@ def xautodl_steps(network: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
             nn.utils.clip_grad_norm_(network.parameters(), training["grad_clip"])
             optimizer.step()
 
-    return run
+    return synchronised(run, device)
 
 
 def load_xautodl() -> Any | None:
@@ -129,7 +136,11 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=5, help="cells per stage (N)")
     parser.add_argument("--cell", default=BEST_CELL, help="the stand-alone cell, as an NB201 string")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)")
+    device = torch.device(args.device)
 
     set_threads(args.threads)
     cfg = load_config(None, [f"space.channels={args.channels}", f"space.cells_per_stage={args.cells}", "task.name=cls",
@@ -140,8 +151,12 @@ def main() -> None:
     task = build_task(cfg["task"], data.info, args.seed)
     peer_inputs = normalize(images.float() / 255.0, data.info)
     xautodl = load_xautodl()
-    print(f"# Training-step speed: nas vs xautodl, NB201 C={args.channels} N={args.cells}, batch {args.batch_size}\n")
+    print(f"# Training-step speed: nas vs xautodl, NB201 C={args.channels} N={args.cells}, batch {args.batch_size}, "
+          f"{args.device}\n")
     print(machine_line(args.threads))
+    if device.type == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(device)}, torch CUDA {torch.version.cuda}; ours under bf16 autocast "
+              f"(train.amp / supernet.amp default), xautodl in float32")
     print(f"Settings: {args.repeats} interleaved repeats x {args.steps} steps, medians (± half the range); "
           f"ratio = xautodl time / our time.\n")
 
@@ -151,7 +166,7 @@ def main() -> None:
         # (a) SPOS / uniform single-path supernet weight step
         torch.manual_seed(args.seed)
         supernet = TaskModel(space.build_supernet(task.in_channels), task)
-        contenders = [our_epoch(supernet, data, cfg["supernet"], args.seed, Path(tmp), space.sample)]
+        contenders = [our_epoch(supernet, data, cfg["supernet"], args.seed, Path(tmp), space.sample, device)]
         if xautodl is not None:
             peer_net = xautodl.get_cell_based_tiny_net({
                 "name": "RANDOM", "C": args.channels, "N": args.cells, "max_nodes": 4, "num_classes": NUM_CLASSES,
@@ -162,7 +177,8 @@ def main() -> None:
             def set_path(net: nn.Module = peer_net) -> None:
                 net.arch_cache = xautodl.CellStructure.str2structure(space.to_str(space.sample(path_rng)))
 
-            contenders.append(xautodl_steps(peer_net, peer_inputs, labels, cfg["supernet"], args.steps, set_path))
+            contenders.append(xautodl_steps(peer_net, peer_inputs, labels, cfg["supernet"], args.steps, set_path,
+                                          device))
             notes.append(f"supernet parameters: ours {count_params(supernet):,}, xautodl {count_params(peer_net):,}")
         times = interleaved(contenders, args.repeats)
         per_step = [[t / args.steps for t in series] for series in times]
@@ -172,11 +188,11 @@ def main() -> None:
         # (b) one stand-alone cell
         torch.manual_seed(args.seed)
         network = TaskModel(space.build_network(space.from_str(args.cell), task.in_channels), task)
-        contenders = [our_epoch(network, data, cfg["train"], args.seed, Path(tmp), None)]
+        contenders = [our_epoch(network, data, cfg["train"], args.seed, Path(tmp), None, device)]
         if xautodl is not None:
             peer_net = xautodl.get_cell_based_tiny_net({"name": "infer.tiny", "C": args.channels, "N": args.cells,
                                                         "arch_str": args.cell, "num_classes": NUM_CLASSES})
-            contenders.append(xautodl_steps(peer_net, peer_inputs, labels, cfg["train"], args.steps, None))
+            contenders.append(xautodl_steps(peer_net, peer_inputs, labels, cfg["train"], args.steps, None, device))
             notes.append(f"stand-alone network parameters: ours {count_params(network):,}, "
                          f"xautodl {count_params(peer_net):,}")
         times = interleaved(contenders, args.repeats)
