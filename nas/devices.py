@@ -1,7 +1,9 @@
 """Pick the device for a job: CUDA_VISIBLE_DEVICES when set, else lease one free GPU with a file lock.
 
 Snakemake's ``gpu`` resource only counts jobs and never names an index, so each job takes a
-non-blocking ``flock`` on ``<lock dir>/gpu<i>.lock`` and holds it until the process exits.
+non-blocking ``flock`` on ``<lock dir>/gpu<i>.slot<j>.lock`` and holds it until the process exits.
+``gpu_slots`` jobs may share a GPU: one job training a small network keeps an H100 busy only part of
+the time, its own CPU thread being the bottleneck (benchmarks/gpu_training.py --concurrent).
 On a GPU the job runs deterministic kernels only, so that a resumed job ends bit for bit where an
 uninterrupted one does (cuDNN's default backward convolutions accumulate with atomics).
 """
@@ -26,22 +28,25 @@ def lock_dir() -> Path:
     return Path(os.environ.get("NAS_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / "nas-gpu-locks"))
 
 
-def _lease_gpu(count: int, poll_seconds: float = 2.0) -> int:
+def _lease_gpu(count: int, slots: int = 1, poll_seconds: float = 2.0) -> int:
+    """Index of a GPU with a free slot, waiting while every slot is held; slot 0 of every GPU goes first."""
     folder = lock_dir()
     folder.mkdir(parents=True, exist_ok=True)
     waited = 0.0
     while True:
-        for index in random.sample(range(count), count):
-            handle = open(folder / f"gpu{index}.lock", "a+")
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
-                continue
-            _held_locks.append(handle)
-            return index
+        for slot in range(slots):
+            for index in random.sample(range(count), count):
+                handle = open(folder / f"gpu{index}.slot{slot}.lock", "a+")
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    handle.close()
+                    continue
+                _held_locks.append(handle)
+                return index
         if waited == 0.0 or int(waited) % 60 < poll_seconds:
-            print(f"[nas] all {count} GPUs are leased by other jobs; waiting", file=sys.stderr, flush=True)
+            print(f"[nas] all {count} GPUs x {slots} slot(s) are leased by other jobs; waiting", file=sys.stderr,
+                  flush=True)
         pause = poll_seconds * (0.5 + random.random())
         time.sleep(pause)
         waited += pause
@@ -61,15 +66,18 @@ def use_deterministic_cuda_kernels() -> None:
     torch.utils.deterministic.fill_uninitialized_memory = False
 
 
-def select_device(choice: str) -> torch.device:
-    """The job's device for config key ``device`` (auto, cpu or cuda); on a GPU, deterministic kernels only."""
-    device = _pick_device(choice)
+def select_device(choice: str, gpu_slots: int = 1) -> torch.device:
+    """The job's device for config key ``device`` (auto, cpu or cuda); on a GPU, deterministic kernels only.
+
+    Without ``CUDA_VISIBLE_DEVICES`` the job leases one of ``gpu_slots`` slots of some GPU.
+    """
+    device = _pick_device(choice, gpu_slots)
     if device.type == "cuda":
         use_deterministic_cuda_kernels()
     return device
 
 
-def _pick_device(choice: str) -> torch.device:
+def _pick_device(choice: str, gpu_slots: int) -> torch.device:
     if choice == "cpu":
         return torch.device("cpu")
     has_cuda = torch.cuda.is_available()
@@ -79,4 +87,4 @@ def _pick_device(choice: str) -> torch.device:
         return torch.device("cpu")
     if os.environ.get("CUDA_VISIBLE_DEVICES"):
         return torch.device("cuda", 0)
-    return torch.device("cuda", _lease_gpu(torch.cuda.device_count()))
+    return torch.device("cuda", _lease_gpu(torch.cuda.device_count(), gpu_slots))

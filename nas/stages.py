@@ -120,7 +120,7 @@ def _setup(cfg: dict[str, Any]) -> torch.device:
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     seed_everything(cfg["seed"])
-    return select_device(cfg["device"])
+    return select_device(cfg["device"], cfg["gpu_slots"])
 
 
 def _data_and_task(cfg: dict[str, Any], device: torch.device) -> tuple[ImageData, Task]:

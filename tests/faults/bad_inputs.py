@@ -168,6 +168,7 @@ CASES: list[BadInput] = [
     BadInput("wrong type: text for a number", _override("train.lr=fast"), "train.lr"),
     BadInput("wrong type: text for a boolean", _override("progress=maybe"), "progress"),
     BadInput("wrong type: value for a section", _override("train=3"), "'train'"),
+    BadInput("no GPU slots", _override("gpu_slots=0"), "gpu_slots"),
     BadInput("override without '='", _override("train.lr"), "key.sub=value"),
     BadInput("unknown command-line flag", _override("--epochs", "3"), "unrecognized arguments: --epochs"),
     BadInput("malformed --tag", _override("--tag", "rule"), "--tag 'rule' must look like key=value"),
