@@ -17,7 +17,8 @@ defaults of ``nas`` and the settings of xautodl's NB201 search configs):
 - GDAS and DARTS-V1 iterations: listed only; ``nas`` does not implement them.
 
 ``--device cuda`` runs both on the GPU (ours with its default bf16 autocast, xautodl in float32 as its
-scripts train) and synchronises the device before each clock read.
+scripts train), both under the deterministic kernels every ``nas`` GPU job uses, and synchronises the
+device before each clock read.
 
 Timing: ``--repeats`` rounds of (ours, xautodl), each call ``--steps`` training steps, after one warm-up
 round; the table gives medians in seconds per step and the ratio xautodl / ours (>1: ours is faster).
@@ -39,6 +40,7 @@ from _common import (Row, host_speed, interleaved, load_average, machine_line, m
                      spread, synchronised)
 from nas.config import load_config
 from nas.data import DatasetInfo, ImageData
+from nas.devices import use_deterministic_cuda_kernels
 from nas.search import METHODS
 from nas.spaces import Arch, SearchSpace, build_space
 from nas.tasks import build_task
@@ -141,6 +143,8 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)")
     device = torch.device(args.device)
+    if device.type == "cuda":
+        use_deterministic_cuda_kernels()
 
     set_threads(args.threads)
     cfg = load_config(None, [f"space.channels={args.channels}", f"space.cells_per_stage={args.cells}", "task.name=cls",
