@@ -42,7 +42,7 @@ def test_grad_norm_and_snip_by_hand(linear):
 def test_synflow_of_a_linear_layer_is_the_sum_of_absolute_weights(linear):
     net, batch = linear
     # R = sum_c (|W_c| . 1 + |b_c|)  =>  dR/dW = 1  =>  synflow = sum |W|
-    assert score_network("synflow", net, batch) == pytest.approx(float(net[1].weight.double().abs().sum()), rel=1e-12)
+    assert score_network("synflow", net, batch) == pytest.approx(float(net[1].weight.detach().double().abs().sum()), rel=1e-12)
 
 
 def test_synflow_ignores_batchnorm_and_signs():
@@ -64,7 +64,7 @@ def test_grasp_by_hand(linear):
     g = torch.autograd.grad(loss(), w)[0]
     gg = torch.autograd.grad(loss(), w, create_graph=True)[0]
     hg = torch.autograd.grad((g * gg).sum(), w)[0]
-    assert score_network("grasp", net, batch) == pytest.approx(float((-w * hg).sum()), rel=1e-5)
+    assert score_network("grasp", net, batch) == pytest.approx(float((-w * hg).sum().detach()), rel=1e-5)
 
 
 def test_fisher_by_hand(linear):
@@ -72,7 +72,7 @@ def test_fisher_by_hand(linear):
     out = net(batch.inputs)
     out.retain_grad()
     nn.functional.cross_entropy(out, batch.targets).backward()
-    expected = float(0.5 * (out * out.grad).pow(2).mean(0).sum())
+    expected = float(0.5 * (out * out.grad).pow(2).mean(0).sum().detach())
     assert score_network("fisher", net, batch) == pytest.approx(expected, rel=1e-6)
 
 
