@@ -14,7 +14,7 @@ gradient clipping 5) and CIFAR's augmentation (pad-4 random crop, horizontal fli
 
 All run under the deterministic kernels every ``nas`` job uses on a GPU (``nas.devices``); two more rows
 show what that costs (bf16 with cuDNN's autotuned, non-deterministic kernels) and what the activation
-layout does (channels-last instead of NCHW).
+layout does (NCHW instead of the networks' channels-last).
 
 Figures are training images per second over one epoch of ``--images`` images (last partial batch
 dropped), medians of ``--repeats`` interleaved rounds after one warm-up round; the device is synchronised
@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import random
-import time
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -39,7 +38,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from _common import Row, interleaved, median, spread, synchronised
-from input_pipeline import PerImageTaskDataset, as_image_data, random_cifar
+from input_pipeline import PerImageTaskDataset, as_image_data, random_cifar, throughput
 import nas.spaces.nb201 as nb201
 from nas.config import load_config
 from nas.data import ImageData
@@ -102,16 +101,16 @@ def non_deterministic(fn: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def in_layout(fn: Callable[[], None], layout: torch.memory_format) -> Callable[[], None]:
-    """``fn`` with the NB201 networks' activations held in ``layout`` on every device."""
+def in_nchw(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` with the NB201 networks' activations in NCHW instead of ``nb201.ACTIVATION_FORMAT``."""
 
     def run() -> None:
-        chosen = nb201.activation_format
-        nb201.activation_format = lambda device: layout
+        chosen = nb201.ACTIVATION_FORMAT
+        nb201.ACTIVATION_FORMAT = torch.contiguous_format
         try:
             fn()
         finally:
-            nb201.activation_format = chosen
+            nb201.ACTIVATION_FORMAT = chosen
 
     return run
 
@@ -165,10 +164,6 @@ def profile_epoch(run: Callable[[], None], steps: int, label: str) -> None:
     print(events.table(sort_by="self_device_time_total", row_limit=12, max_name_column_width=70))
 
 
-def throughput(images: int, seconds: list[float]) -> list[float]:
-    return [images / s for s in seconds]
-
-
 def rate_text(rates: list[float]) -> str:
     return f"{median(rates):,.0f} img/s {spread(rates)}"
 
@@ -192,7 +187,6 @@ def main() -> None:
 
     device = torch.device("cuda", 0)
     use_deterministic_cuda_kernels()
-    random.seed(args.seed)
     images_hwc, labels = random_cifar(args.images, args.seed)
     host_data = as_image_data(images_hwc, labels)
     gpu_data = host_data.to(device)
@@ -223,12 +217,9 @@ def main() -> None:
                 network(cfg, task, args.cell, device, args.seed), gpu_data, {**training, "amp": True}, device,
                 args.seed, Path(tmp)),
         }
-        other_layout = torch.channels_last if nb201.activation_format(device) != torch.channels_last \
-            else torch.contiguous_format
-        layout_name = "channels-last" if other_layout == torch.channels_last else "NCHW"
-        contenders[f"device-resident, bf16, {layout_name} activations"] = in_layout(device_resident_epoch(
+        contenders["device-resident, bf16, NCHW activations"] = in_nchw(device_resident_epoch(
             network(cfg, task, args.cell, device, args.seed), gpu_data, {**training, "amp": True}, device, args.seed,
-            Path(tmp)), other_layout)
+            Path(tmp)))
         contenders["device-resident, bf16, non-deterministic cuDNN autotuned"] = non_deterministic(
             device_resident_epoch(network(cfg, task, args.cell, device, args.seed), gpu_data,
                                   {**training, "amp": True}, device, args.seed, Path(tmp)))
@@ -263,8 +254,8 @@ def main() -> None:
             default_run = device_resident_epoch(network(cfg, task, args.cell, device, args.seed), gpu_data,
                                                 {**training, "amp": True}, device, args.seed, Path(tmp))
             profile_epoch(default_run, per_epoch // args.batch_size, "the default (bf16) trainer")
-            profile_epoch(in_layout(default_run, other_layout), per_epoch // args.batch_size,
-                          f"the default (bf16) trainer, {layout_name} activations")
+            profile_epoch(in_nchw(default_run), per_epoch // args.batch_size,
+                          "the default (bf16) trainer, NCHW activations")
 
 
 if __name__ == "__main__":

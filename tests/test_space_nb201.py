@@ -339,8 +339,8 @@ def test_angle_vector_moves_with_shared_weights(tiny_space_cfg):
     assert changed == 2 * 4 * 4 * 9
 
 
-def test_cpu_channels_last_layout_changes_no_result(tiny_space_cfg, monkeypatch):
-    """Activations run channels_last on the CPU for speed; the numbers are those of the NCHW network."""
+def test_channels_last_layout_changes_no_result(tiny_space_cfg, monkeypatch):
+    """Activations run channels_last for speed; the numbers are those of the NCHW network."""
     from nas.spaces import nb201
 
     space = build_space(tiny_space_cfg(channels=4, cells_per_stage=2))
@@ -350,9 +350,9 @@ def test_cpu_channels_last_layout_changes_no_result(tiny_space_cfg, monkeypatch)
     x = torch.randn(4, 3, 16, 16)
     arch = (4, 3, 4, 2, 1, 4)  # pools, convs and a skip
     fast = supernet(x, arch=arch), network(x)
-    assert nb201.activation_format(x.device) == torch.channels_last
+    assert nb201.ACTIVATION_FORMAT == torch.channels_last
     assert fast[0].is_contiguous(memory_format=torch.channels_last)
-    monkeypatch.setattr(nb201, "activation_format", lambda device: torch.contiguous_format)
+    monkeypatch.setattr(nb201, "ACTIVATION_FORMAT", torch.contiguous_format)
     plain = supernet(x, arch=arch), network(x)
     assert plain[0].is_contiguous()
     for got, expected in zip(fast, plain):

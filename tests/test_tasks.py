@@ -134,11 +134,11 @@ def test_colorization_head_upsamples_as_bilinear_interpolation(size_in, size_out
     ours = head(features)
     reference = torch.nn.functional.interpolate(head.classifier(features), size=size_out, mode="bilinear",
                                                 align_corners=True)
-    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
     upstream = torch.randn(ours.shape, dtype=torch.float64, generator=_gen(4))
     (ours_grad,) = torch.autograd.grad(ours, features, upstream)
     (reference_grad,) = torch.autograd.grad(reference, features, upstream)
-    torch.testing.assert_close(ours_grad, reference_grad, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours_grad, reference_grad, rtol=0, atol=1e-12)
 
 
 def test_colorization_refuses_gray_dataset(cfg, tiny_info):

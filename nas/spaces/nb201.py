@@ -34,17 +34,14 @@ _STR_RE = re.compile(r"^\|(.+?)~0\|\+\|(.+?)~0\|(.+?)~1\|\+\|(.+?)~0\|(.+?)~1\|(
 _BENCHMARK_SHUFFLE_SEED = 88
 
 
-def activation_format(device: torch.device) -> torch.memory_format:
-    """Memory layout of the networks' activations: channels_last on every device.
-
-    CPU: oneDNN runs convolutions and BN natively in NHWC (no reorder per call), and the NCHW kernel
-    of the cells' 3x3 ``count_include_pad=False`` average pool is ~10x slower than the NHWC one;
-    together this halves a single-path supernet step. CUDA: cuDNN's bf16 tensor-core convolutions
-    are NHWC (an NCHW input costs layout transposes around every convolution), and PyTorch's NCHW
-    BatchNorm kernels parallelise over channels only (16 blocks for C=16); on an H100 a stand-alone
-    training step spends 2.3x less GPU time in channels_last (benchmarks/gpu_training.py --profile).
-    """
-    return torch.channels_last
+# Memory layout of the networks' activations, on every device. CPU: oneDNN runs convolutions and BN
+# natively in NHWC (no reorder per call), and the NCHW kernel of the cells' 3x3
+# ``count_include_pad=False`` average pool is ~10x slower than the NHWC one; together this halves a
+# single-path supernet step. CUDA: cuDNN's bf16 tensor-core convolutions are NHWC (an NCHW input costs
+# layout transposes around every convolution), and PyTorch's NCHW BatchNorm kernels parallelise over
+# channels only (16 blocks for C=16); on an H100 a stand-alone training step spends 2.3x less GPU time
+# in channels_last (benchmarks/gpu_training.py --profile).
+ACTIVATION_FORMAT = torch.channels_last
 
 
 class ReLUConvBN(nn.Sequential):
@@ -148,7 +145,7 @@ class _Macro(nn.Module):
         self.out_channels = c
 
     def _run(self, x: torch.Tensor, run_cell) -> torch.Tensor:
-        x = self.stem(x.contiguous(memory_format=activation_format(x.device)))
+        x = self.stem(x.contiguous(memory_format=ACTIVATION_FORMAT))
         for layer in self.layers:
             x = run_cell(layer, x) if isinstance(layer, Cell) else layer(x)
         return self.lastact(x)

@@ -113,12 +113,12 @@ def bilinear_weights(size_out: int, size_in: int) -> torch.Tensor:
     ``W_h @ x @ W_w.T`` is ``F.interpolate(x, mode="bilinear", align_corners=True)``: each output row
     mixes the two nearest input rows with the same weights.
     """
-    weights = torch.zeros(size_out, size_in)
+    weights = torch.zeros(size_out, size_in, dtype=torch.float64)
     if size_in == 1:
         return weights.fill_(1.0)
     position = torch.arange(size_out, dtype=torch.float64) * ((size_in - 1) / max(size_out - 1, 1))
     low = position.floor().long().clamp(max=size_in - 2)
-    fraction = (position - low).float()
+    fraction = position - low
     rows = torch.arange(size_out)
     weights[rows, low] = 1.0 - fraction
     weights[rows, low + 1] = fraction
@@ -136,19 +136,23 @@ class ColorizationHead(nn.Module):
         super().__init__()
         self.classifier = nn.Conv2d(in_channels, num_bins, 1)
         self.output_size = output_size
-        self._weights: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+        # (rows, transposed columns) per input size, device and dtype: made once, not per step
+        self._weights: dict[tuple[int, int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _interpolation(self, height: int, width: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (height, width, device)
+    def _interpolation(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = logits.shape[2:]
+        key = (height, width, logits.device, logits.dtype)
         if key not in self._weights:
             out_h, out_w = self.output_size
-            self._weights[key] = (bilinear_weights(out_h, height).to(device), bilinear_weights(out_w, width).to(device))
+            as_logits = {"device": logits.device, "dtype": logits.dtype}
+            self._weights[key] = (bilinear_weights(out_h, height).to(**as_logits),
+                                  bilinear_weights(out_w, width).T.contiguous().to(**as_logits))
         return self._weights[key]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         logits = self.classifier(features)
-        rows, cols = self._interpolation(logits.shape[2], logits.shape[3], logits.device)
-        return rows.to(logits.dtype) @ logits @ cols.to(logits.dtype).T
+        rows, cols_t = self._interpolation(logits)
+        return rows @ logits @ cols_t
 
 
 @TASKS.register("col")
