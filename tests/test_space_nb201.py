@@ -340,7 +340,7 @@ def test_angle_vector_moves_with_shared_weights(tiny_space_cfg):
 
 
 def test_channels_last_layout_changes_no_result(tiny_space_cfg, monkeypatch):
-    """Activations run channels_last for speed; the numbers are those of the NCHW network."""
+    """Activations and weights are channels_last for speed; the numbers are those of the NCHW network."""
     from nas.spaces import nb201
 
     space = build_space(tiny_space_cfg(channels=4, cells_per_stage=2))
@@ -352,8 +352,48 @@ def test_channels_last_layout_changes_no_result(tiny_space_cfg, monkeypatch):
     fast = supernet(x, arch=arch), network(x)
     assert nb201.ACTIVATION_FORMAT == torch.channels_last
     assert fast[0].is_contiguous(memory_format=torch.channels_last)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in network.parameters() if p.dim() == 4)
     monkeypatch.setattr(nb201, "ACTIVATION_FORMAT", torch.contiguous_format)
+    supernet.to(memory_format=torch.contiguous_format)
+    network.to(memory_format=torch.contiguous_format)
     plain = supernet(x, arch=arch), network(x)
     assert plain[0].is_contiguous()
     for got, expected in zip(fast, plain):
         assert torch.allclose(got, expected, atol=1e-5)
+
+
+def _outputs_and_grads(model: nn.Module, run) -> list[torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    out = run()
+    out.square().mean().backward()
+    return [out.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("kind", ["network", "supernet path", "supernet mixture"])
+def test_shared_node_relu_equals_one_relu_per_op(tiny_space_cfg, kind):
+    """Cells rectify a node once for all its ReLU-conv-BN readers; outputs and gradients are those of one ReLU per
+    op, which is what runs when a hook watches the ReLU modules (each then sees exactly one call per forward)."""
+    space = build_space(tiny_space_cfg(channels=4, cells_per_stage=2))
+    torch.manual_seed(0)
+    arch = space.from_str(RESNET_LIKE)  # node 0 and node 1 each feed two 3x3 convolutions
+    if kind == "network":
+        model = space.build_network(arch, 3)
+        run = lambda: model(x)  # noqa: E731
+    else:
+        model = space.build_supernet(3)
+        mixture = torch.softmax(torch.randn(len(EDGES), len(OPS)), dim=1)
+        run = (lambda: model(x, arch=arch)) if kind == "supernet path" else (lambda: model(x, mixture=mixture))
+    x = torch.randn(4, 3, 16, 16)
+    shared = _outputs_and_grads(model, run)
+    calls: dict[nn.Module, int] = {}
+    relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
+    handles = [m.register_forward_hook(lambda m, i, o: calls.__setitem__(m, calls.get(m, 0) + 1)) for m in relus]
+    separate = _outputs_and_grads(model, run)
+    for handle in handles:
+        handle.remove()
+    assert len(shared) == len(separate) > 1
+    for got, expected in zip(shared, separate):
+        assert torch.allclose(got, expected, rtol=1e-5, atol=1e-6)
+    used = 12 if kind == "supernet mixture" else 5  # ReLU-conv-BN ops per cell that the forward runs
+    assert sorted(set(calls.values())) == [1]
+    assert len(calls) == 6 * used + 2 * 2 + 1  # 6 cells, the two reduction blocks' convs, the last activation

@@ -100,29 +100,75 @@ class Cell(nn.Module):
 
     def forward_path(self, x: torch.Tensor, arch: Arch) -> torch.Tensor:
         nodes = [x]
+        inputs = _NodeInputs(nodes)
         for node in range(1, NUM_NODES):
-            total = None
+            total = _NodeSum()
             for src in range(node):
                 pos = _EDGE_POS[(node, src)]
                 name = OPS[arch[pos]]
-                if name == "none":
-                    continue
-                out = self.edges[pos][name](nodes[src])
-                total = out if total is None else total + out
-            nodes.append(total if total is not None else torch.zeros_like(x))
+                if name != "none":
+                    total.add(*inputs.apply(self.edges[pos][name], src))
+            nodes.append(total.value if total.value is not None else torch.zeros_like(x))
         return nodes[-1]
 
     def forward_mixture(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         nodes = [x]
+        inputs = _NodeInputs(nodes)
         for node in range(1, NUM_NODES):
-            total = torch.zeros_like(x)
+            total = _NodeSum()
             for src in range(node):
                 pos = _EDGE_POS[(node, src)]
                 for k, name in enumerate(OPS):
                     if name != "none":
-                        total = total + weights[pos, k] * self.edges[pos][name](nodes[src])
-            nodes.append(total)
+                        out, _ = inputs.apply(self.edges[pos][name], src)
+                        total.add(weights[pos, k] * out, owned=True)
+            nodes.append(total.value if total.value is not None else torch.zeros_like(x))
         return nodes[-1]
+
+
+class _NodeInputs:
+    """Runs ops on a cell's nodes, rectifying each node once for all the ReLU-conv-BN ops that read it.
+
+    Every ReLUConvBN starts with a ReLU of its input; a node read by k such ops would otherwise be
+    rectified k times forward and masked k times backward, which at 32x32 costs as much memory
+    traffic as a BN. Sharing it is exact: the ReLU is a function of the node alone, and its backward
+    mask distributes over the sum of its consumers' gradients. An op whose ReLU module is watched by a
+    hook (NASWOT counts every ReLU module's activations) runs whole, so that each hook sees its call.
+    """
+
+    def __init__(self, nodes: list[torch.Tensor]) -> None:
+        self.nodes = nodes
+        self.rectified: dict[int, torch.Tensor] = {}
+
+    def apply(self, op: nn.Module, src: int) -> tuple[torch.Tensor, bool]:
+        """``op(node src)`` and whether the result is a fresh tensor (not the node itself)."""
+        if isinstance(op, ReLUConvBN) and not (op[0]._forward_hooks or op[0]._forward_pre_hooks):
+            if src not in self.rectified:
+                self.rectified[src] = torch.relu(self.nodes[src])
+            _, conv, bn = op
+            return bn(conv(self.rectified[src])), True
+        return op(self.nodes[src]), not isinstance(op, nn.Identity)
+
+
+class _NodeSum:
+    """The sum of a node's incoming edges, accumulated in place once it holds a tensor of its own.
+
+    In place is safe for the tensors that reach it: BN, average pooling and scaling do not keep their
+    outputs for backward (autograd's version check would raise if one did); a skip connection's
+    output is another node, so a sum that starts with one is copied by its first addition.
+    """
+
+    def __init__(self) -> None:
+        self.value: torch.Tensor | None = None
+        self.owned = False
+
+    def add(self, term: torch.Tensor, owned: bool) -> None:
+        if self.value is None:
+            self.value, self.owned = term, owned
+        elif self.owned:
+            self.value.add_(term)
+        else:
+            self.value, self.owned = self.value + term, True
 
 
 class _Macro(nn.Module):
@@ -143,6 +189,9 @@ class _Macro(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.lastact = nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(inplace=False))
         self.out_channels = c
+        # Weights in the activations' layout: otherwise every convolution converts its weight forward and its
+        # weight gradient back, two copies per convolution per step.
+        self.to(memory_format=ACTIVATION_FORMAT)
 
     def _run(self, x: torch.Tensor, run_cell) -> torch.Tensor:
         x = self.stem(x.contiguous(memory_format=ACTIVATION_FORMAT))
