@@ -17,7 +17,7 @@ import yaml
 
 from .config import config_hash
 from .data import ImageData, iterate_batches, load_dataset
-from .devices import select_device
+from .devices import keep_freed_host_memory, select_device
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from .registry import ConfigError
 from .search import METHODS, AccuracyFitness, AngleFitness
@@ -117,6 +117,7 @@ def read_summary(folder: str | Path, stage: str) -> dict[str, Any]:
 
 
 def _setup(cfg: dict[str, Any]) -> torch.device:
+    keep_freed_host_memory()
     if cfg["threads"]:
         torch.set_num_threads(cfg["threads"])
     seed_everything(cfg["seed"])
