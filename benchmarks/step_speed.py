@@ -20,14 +20,23 @@ defaults of ``nas`` and the settings of xautodl's NB201 search configs):
 scripts train), both under the deterministic kernels every ``nas`` GPU job uses, and synchronises the
 device before each clock read.
 
-Timing: ``--repeats`` rounds of (ours, xautodl), each call ``--steps`` training steps, after one warm-up
-round; the table gives medians in seconds per step and the ratio xautodl / ours (>1: ours is faster).
-xautodl is optional: ``pip install --no-deps xautodl==1.0.0 fvcore``; without it only our figures print.
+Each contender runs in a process of its own, set up the way it runs for real: ours as a ``nas`` job
+sets up its process (``nas.devices.keep_freed_host_memory``: glibc keeps freed blocks for reuse),
+xautodl as its scripts run (glibc's defaults). A third process runs xautodl with our allocator setting,
+so that the table also shows what the network code alone gains. The processes take turns: one call
+each per round, only one running at a time.
+
+Timing: ``--repeats`` rounds of (ours, xautodl, xautodl with our allocator setting), each call
+``--steps`` training steps, after one warm-up call; the table gives medians in seconds per step and the
+ratio xautodl / ours (>1: ours is faster). xautodl is optional: ``pip install --no-deps xautodl==1.0.0
+fvcore``; without it only our figures print.
 """
 from __future__ import annotations
 
 import argparse
 import random
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -36,16 +45,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from _common import (Row, host_speed, interleaved, load_average, machine_line, markdown_table, median, set_threads,
-                     spread, synchronised)
+from _common import (Row, host_speed, load_average, machine_line, markdown_table, median, set_threads, spread,
+                     synchronised, time_call)
 from nas.config import load_config
 from nas.data import DatasetInfo, ImageData
-from nas.devices import use_deterministic_cuda_kernels
+from nas.devices import keep_freed_host_memory, use_deterministic_cuda_kernels
 from nas.search import METHODS
 from nas.spaces import Arch, SearchSpace, build_space
 from nas.tasks import build_task
 from nas.tasks.base import normalize
-from nas.train import TaskModel, Trainer, build_optimizer
+from nas.train import TaskModel, Trainer
 
 BEST_CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 NUM_CLASSES = 10
@@ -88,7 +97,9 @@ def xautodl_steps(network: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
     """One call = ``steps`` weight steps the way xautodl's NB201 search scripts take them."""
     network.to(device)
     inputs, targets = inputs.to(device), targets.to(device)
-    optimizer = build_optimizer(network.parameters(), training)
+    # as xautodl's get_optim_scheduler builds it: PyTorch's default (per-tensor) SGD
+    optimizer = torch.optim.SGD(network.parameters(), training["lr"], momentum=training["momentum"],
+                                weight_decay=training["weight_decay"], nesterov=training["nesterov"])
     network.train()
 
     def run() -> None:
@@ -106,13 +117,20 @@ def xautodl_steps(network: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
 
 
 def load_xautodl() -> Any | None:
-    """The ``xautodl.models`` module, or None (with the reason printed) when it cannot be imported."""
+    """The ``xautodl.models`` module, or None when it cannot be imported."""
     try:
         import xautodl.models as models
-    except ImportError as err:
-        print(f"xautodl is not installed ({err}); printing our figures only. To compare: {XAUTODL_HINT}\n")
+    except ImportError:
         return None
     return models
+
+
+def xautodl_missing_reason() -> str | None:
+    """Why xautodl cannot be imported here, or None when it can (checked by the driver, which never imports it)."""
+    probe = subprocess.run([sys.executable, "-c", "import xautodl.models"], capture_output=True, text=True)
+    if probe.returncode == 0:
+        return None
+    return probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else f"exit status {probe.returncode}"
 
 
 def count_params(module: nn.Module) -> int:
@@ -128,6 +146,101 @@ def seconds_row(name: str, ours: list[float], peer: list[float] | None, note: st
                peer_s / ours_s, note)
 
 
+# ---- one contender per process ---------------------------------------------------------------------------
+ROLES = ("ours", "xautodl", "xautodl+kept")  # the last: xautodl in a process with nas's allocator setting
+BENCHES = ("supernet", "standalone")
+
+
+def build_contender(role: str, bench: str, args: argparse.Namespace, workdir: Path) -> tuple[Callable[[], None], int]:
+    """One call = ``--steps`` training steps of ``bench`` by ``role``; also the contender's parameter count."""
+    device = torch.device(args.device)
+    cfg = load_config(None, [f"space.channels={args.channels}", f"space.cells_per_stage={args.cells}", "task.name=cls",
+                             f"supernet.batch_size={args.batch_size}", f"train.batch_size={args.batch_size}"])
+    space: SearchSpace = build_space(cfg["space"])
+    images, labels = random_cifar_batch(args.batch_size, args.seed)
+    data = replicated_dataset(images, labels, args.steps)
+    training = cfg["supernet" if bench == "supernet" else "train"]
+    torch.manual_seed(args.seed)
+    if role == "ours":
+        task = build_task(cfg["task"], data.info, args.seed)
+        if bench == "supernet":
+            model = TaskModel(space.build_supernet(task.in_channels), task)
+            return our_epoch(model, data, training, args.seed, workdir, space.sample, device), count_params(model)
+        model = TaskModel(space.build_network(space.from_str(args.cell), task.in_channels), task)
+        return our_epoch(model, data, training, args.seed, workdir, None, device), count_params(model)
+    xautodl = load_xautodl()
+    peer_inputs = normalize(images.float() / 255.0, data.info)
+    if bench == "standalone":
+        peer_net = xautodl.get_cell_based_tiny_net({"name": "infer.tiny", "C": args.channels, "N": args.cells,
+                                                    "arch_str": args.cell, "num_classes": NUM_CLASSES})
+        return xautodl_steps(peer_net, peer_inputs, labels, training, args.steps, None, device), count_params(peer_net)
+    peer_net = xautodl.get_cell_based_tiny_net({
+        "name": "RANDOM", "C": args.channels, "N": args.cells, "max_nodes": 4, "num_classes": NUM_CLASSES,
+        "space": list(space.ops), "affine": cfg["space"]["supernet"]["bn_affine"],
+        "track_running_stats": cfg["space"]["supernet"]["bn_track_stats"]})
+    path_rng = random.Random(args.seed)  # the trainer's path RNG is seeded the same way: same paths
+
+    def set_path() -> None:
+        peer_net.arch_cache = xautodl.CellStructure.str2structure(space.to_str(space.sample(path_rng)))
+
+    return xautodl_steps(peer_net, peer_inputs, labels, training, args.steps, set_path, device), count_params(peer_net)
+
+
+def worker(args: argparse.Namespace) -> None:
+    """A contender's process: set up as it runs for real, then one timed call per line read from stdin."""
+    role, bench = args.worker
+    if role != "xautodl":
+        keep_freed_host_memory()  # what every nas job does first (nas.stages)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        use_deterministic_cuda_kernels()
+    set_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        run, params = build_contender(role, bench, args, Path(tmp))
+        run()  # warm-up: allocator growth, oneDNN kernel selection
+        print(params, flush=True)
+        for _ in sys.stdin:
+            print(time_call(run) / args.steps, flush=True)
+
+
+class Contender:
+    """A worker process driven over its stdin and stdout."""
+
+    def __init__(self, role: str, bench: str) -> None:
+        self.process = subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--worker", role, bench],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.params = int(self._read())
+
+    def _read(self) -> str:
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"a benchmark worker ({' '.join(self.process.args[-3:])}) died; its error is above")
+        return line
+
+    def step_seconds(self) -> float:
+        self.process.stdin.write("go\n")
+        self.process.stdin.flush()
+        return float(self._read())
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
+def measure(bench: str, roles: list[str], repeats: int) -> dict[str, tuple[list[float], int]]:
+    """Seconds per step of each role, ``repeats`` rounds of one call each in turn; and parameter counts."""
+    contenders = {role: Contender(role, bench) for role in roles}
+    times: dict[str, list[float]] = {role: [] for role in roles}
+    try:
+        for _ in range(repeats):
+            for role, contender in contenders.items():
+                times[role].append(contender.step_seconds())
+    finally:
+        for contender in contenders.values():
+            contender.close()
+    return {role: (times[role], contenders[role].params) for role in roles}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds of (ours, xautodl); medians reported")
@@ -139,72 +252,40 @@ def main() -> None:
     parser.add_argument("--cell", default=BEST_CELL, help="the stand-alone cell, as an NB201 string")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--worker", nargs=2, metavar=("ROLE", "BENCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is visible (torch.cuda.is_available() is False)")
-    device = torch.device(args.device)
-    if device.type == "cuda":
-        use_deterministic_cuda_kernels()
-
-    set_threads(args.threads)
-    cfg = load_config(None, [f"space.channels={args.channels}", f"space.cells_per_stage={args.cells}", "task.name=cls",
-                             f"supernet.batch_size={args.batch_size}", f"train.batch_size={args.batch_size}"])
-    space: SearchSpace = build_space(cfg["space"])
-    images, labels = random_cifar_batch(args.batch_size, args.seed)
-    data = replicated_dataset(images, labels, args.steps)
-    task = build_task(cfg["task"], data.info, args.seed)
-    peer_inputs = normalize(images.float() / 255.0, data.info)
-    xautodl = load_xautodl()
+    missing = xautodl_missing_reason()
+    if missing:
+        print(f"xautodl is not installed ({missing}); printing our figures only. To compare: {XAUTODL_HINT}\n")
+    roles = ["ours"] if missing else list(ROLES)
     print(f"# Training-step speed: nas vs xautodl, NB201 C={args.channels} N={args.cells}, batch {args.batch_size}, "
           f"{args.device}\n")
     print(machine_line(args.threads))
-    if device.type == "cuda":
-        print(f"GPU: {torch.cuda.get_device_name(device)}, torch CUDA {torch.version.cuda}; ours under bf16 autocast "
+    if args.device == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(0)}, torch CUDA {torch.version.cuda}; ours under bf16 autocast "
               f"(train.amp / supernet.amp default), xautodl in float32")
     print(f"Settings: {args.repeats} interleaved repeats x {args.steps} steps, medians (± half the range); "
-          f"ratio = xautodl time / our time.\n")
+          f"ratio = xautodl time / our time; each contender in its own process.\n")
 
     rows: list[Row] = []
     notes: list[str] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        # (a) SPOS / uniform single-path supernet weight step
-        torch.manual_seed(args.seed)
-        supernet = TaskModel(space.build_supernet(task.in_channels), task)
-        contenders = [our_epoch(supernet, data, cfg["supernet"], args.seed, Path(tmp), space.sample, device)]
-        if xautodl is not None:
-            peer_net = xautodl.get_cell_based_tiny_net({
-                "name": "RANDOM", "C": args.channels, "N": args.cells, "max_nodes": 4, "num_classes": NUM_CLASSES,
-                "space": list(space.ops), "affine": cfg["space"]["supernet"]["bn_affine"],
-                "track_running_stats": cfg["space"]["supernet"]["bn_track_stats"]})
-            path_rng = random.Random(args.seed)  # the trainer's path RNG is seeded the same way: same paths
+    for bench, label in (("supernet", "SPOS supernet weight step (uniform single path)"),
+                         ("standalone", "stand-alone cell training step")):
+        result = measure(bench, roles, args.repeats)
+        ours, ours_params = result["ours"]
+        if missing:
+            rows.append(seconds_row(label, ours, None))
+            continue
+        rows.append(seconds_row(label, ours, result["xautodl"][0]))
+        rows.append(seconds_row(f"{label}, xautodl given our allocator setting", ours, result["xautodl+kept"][0],
+                                "network code alone"))
+        notes.append(f"{bench} parameters: ours {ours_params:,}, xautodl {result['xautodl'][1]:,}")
 
-            def set_path(net: nn.Module = peer_net) -> None:
-                net.arch_cache = xautodl.CellStructure.str2structure(space.to_str(space.sample(path_rng)))
-
-            contenders.append(xautodl_steps(peer_net, peer_inputs, labels, cfg["supernet"], args.steps, set_path,
-                                          device))
-            notes.append(f"supernet parameters: ours {count_params(supernet):,}, xautodl {count_params(peer_net):,}")
-        times = interleaved(contenders, args.repeats)
-        per_step = [[t / args.steps for t in series] for series in times]
-        rows.append(seconds_row("SPOS supernet weight step (uniform single path)", per_step[0],
-                                per_step[1] if xautodl is not None else None))
-
-        # (b) one stand-alone cell
-        torch.manual_seed(args.seed)
-        network = TaskModel(space.build_network(space.from_str(args.cell), task.in_channels), task)
-        contenders = [our_epoch(network, data, cfg["train"], args.seed, Path(tmp), None, device)]
-        if xautodl is not None:
-            peer_net = xautodl.get_cell_based_tiny_net({"name": "infer.tiny", "C": args.channels, "N": args.cells,
-                                                        "arch_str": args.cell, "num_classes": NUM_CLASSES})
-            contenders.append(xautodl_steps(peer_net, peer_inputs, labels, cfg["train"], args.steps, None, device))
-            notes.append(f"stand-alone network parameters: ours {count_params(network):,}, "
-                         f"xautodl {count_params(peer_net):,}")
-        times = interleaved(contenders, args.repeats)
-        per_step = [[t / args.steps for t in series] for series in times]
-        rows.append(seconds_row("stand-alone cell training step", per_step[0],
-                                per_step[1] if xautodl is not None else None))
-
-    # (c) gradient-based search iterations: compared only once nas has them
+    # gradient-based search iterations: compared only once nas has them
     for method, label in (("gdas", "GDAS search iteration"), ("darts-v1", "DARTS-V1 search iteration")):
         if method not in METHODS:
             rows.append(Row(label, "not implemented in nas", "not measured", None, "n/a"))
@@ -213,8 +294,9 @@ def main() -> None:
     print(f"\nCell: {args.cell}")
     for note in notes:
         print(f"- {note}")
-    print("- ours = Trainer._train_epoch (includes batched crop/flip augmentation and normalisation); "
-          "xautodl = forward/backward/clip/SGD step on a ready normalised tensor.")
+    print("- ours = Trainer._train_epoch (includes batched crop/flip augmentation and normalisation), in a process "
+          "set up as a nas job; xautodl = forward/backward/clip/SGD step on a ready normalised tensor, in a process "
+          "with glibc's default allocator (the row after it: with ours).")
     print(f"Load average at the end: {load_average()}; host speed {host_speed():.0f} GFLOP/s (conv probe)")
 
 
