@@ -99,9 +99,10 @@ def write_summary(out_dir: Path, stage: str, cfg: dict[str, Any], run: TrackedRu
     if run:
         run.log_artifact(path)
         run.end("FINISHED")
-        if run.summary_fields()["tracked"] != summary["tracked"]:  # the store went away just now
-            summary.update(run.summary_fields())
-            atomic_write_json(path, summary)
+        # Again with the final word on tracking: whether the store took the summary and the run's end too, and
+        # the time spent waiting for it (the copy logged as an artifact cannot know either).
+        summary.update(run.summary_fields())
+        atomic_write_json(path, summary)
     end_job(out_dir)
     return summary
 
