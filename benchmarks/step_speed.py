@@ -148,7 +148,6 @@ def seconds_row(name: str, ours: list[float], peer: list[float] | None, note: st
 
 # ---- one contender per process ---------------------------------------------------------------------------
 ROLES = ("ours", "xautodl", "xautodl+kept")  # the last: xautodl in a process with nas's allocator setting
-BENCHES = ("supernet", "standalone")
 
 
 def build_contender(role: str, bench: str, args: argparse.Namespace, workdir: Path) -> tuple[Callable[[], None], int]:

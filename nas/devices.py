@@ -36,11 +36,12 @@ def keep_freed_host_memory() -> bool:
 
     By default glibc maps every block above its (adaptive) mmap threshold freshly and unmaps it when
     freed, and returns the top of its heap to the kernel beyond 128 KiB. A training step allocates and
-    frees hundreds of activation and gradient tensors of megabytes each, so every step page-faulted
-    its memory in again: about 20,000 faults (the kernel zeroing 80 MB) per step of the stand-alone
-    C=16 NB201 network at batch 64, 7-10 % of its time on the 2-core development machine
-    (benchmarks/step_speed.py). With the threshold at its ceiling and trimming off, a step faults
-    almost never; the process keeps its peak heap, which a training job reaches in its first step anyway.
+    frees hundreds of activation and gradient tensors of megabytes each, so a step could page-fault
+    its memory in again: about 20,000 faults (the kernel zeroing 80 MB) per step of a plain training
+    loop of the stand-alone C=16 NB201 network at batch 64, 4-10 % of its time on the 2-core
+    development machine; how many depends on what the process freed before (docs/PERFORMANCE.md).
+    With the threshold at its ceiling and trimming off, a step faults almost never; the process keeps
+    its peak heap, which a training job reaches in its first step anyway.
     Returns False, changing nothing, where the C library is not glibc.
     """
     if platform.libc_ver()[0] != "glibc":

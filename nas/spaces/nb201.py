@@ -108,7 +108,7 @@ class Cell(nn.Module):
                 name = OPS[arch[pos]]
                 if name != "none":
                     total.add(*inputs.apply(self.edges[pos][name], src))
-            nodes.append(total.value if total.value is not None else torch.zeros_like(x))
+            nodes.append(total.result(like=x))
         return nodes[-1]
 
     def forward_mixture(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -122,7 +122,7 @@ class Cell(nn.Module):
                     if name != "none":
                         out, _ = inputs.apply(self.edges[pos][name], src)
                         total.add(weights[pos, k] * out, owned=True)
-            nodes.append(total.value if total.value is not None else torch.zeros_like(x))
+            nodes.append(total.result(like=x))
         return nodes[-1]
 
 
@@ -169,6 +169,10 @@ class _NodeSum:
             self.value.add_(term)
         else:
             self.value, self.owned = self.value + term, True
+
+    def result(self, like: torch.Tensor) -> torch.Tensor:
+        """The sum; zeros shaped ``like`` for a node whose every edge is ``none``."""
+        return self.value if self.value is not None else torch.zeros_like(like)
 
 
 class _Macro(nn.Module):
