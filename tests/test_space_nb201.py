@@ -11,7 +11,7 @@ from torch import nn
 from nas.registry import ConfigError
 from nas.spaces import build_space
 from nas.spaces.cost import count_macs, count_params
-from nas.spaces.nb201 import EDGES, OPS
+from nas.spaces.nb201 import EDGES, OPS, AvgPool3x3
 from nas.tasks.base import LinearHead
 
 RESNET_LIKE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
@@ -367,6 +367,22 @@ def _outputs_and_grads(model: nn.Module, run) -> list[torch.Tensor]:
     out = run()
     out.square().mean().backward()
     return [out.detach()] + [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (7, 5)], ids=str)
+def test_avg_pool_padded_beforehand_equals_pytorchs_padded_pool(layout, size):
+    """The CUDA path of the cells' average pool (padding outside the pool) is the same function, forward and backward."""
+    pool = AvgPool3x3()
+    x = torch.randn(3, 4, *size, dtype=torch.float64).contiguous(memory_format=layout).requires_grad_()
+    grad_out = torch.randn(3, 4, *size, dtype=torch.float64)
+    expected = nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    (expected_grad,) = torch.autograd.grad(expected, x, grad_out)
+    actual = pool.pool_padded_beforehand(x)
+    (actual_grad,) = torch.autograd.grad(actual, x, grad_out)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(actual_grad, expected_grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(pool(x), expected, rtol=0, atol=0)  # on the CPU: PyTorch's own pool
 
 
 @pytest.mark.parametrize("kind", ["network", "supernet path", "supernet mixture"])
