@@ -9,8 +9,8 @@ Rows:
   imports, the stage, and the stage's waits on tracking; target at most 4 s. Also the job's imports
   alone, and the tracking courier's start-up and CPU time (it runs beside the job).
 - tracking overhead: the share of a default-study job's wall time spent in tracking calls (journal
-  writes, hand-over to the courier and every wait on it), for a stand-alone shard (8 architectures x
-  3 epochs) and a supernet; target at most 2 %.
+  writes, hand-over to the courier and every wait on it), for a stand-alone shard of the default
+  study and a supernet; target at most 2 %.
 - scheduling: `snakemake -n` of the paper-scale UnNAS sample-based study (500 architectures x 4 tasks x
   3 seeds) and the no-op re-run once every output exists; targets under 10 s each.
 Each figure is the median of --repeats runs.
@@ -145,11 +145,12 @@ def tracking_overhead(work: Path, repeats: int) -> list[tuple[str, str, str]]:
     archs = work / "archs"
     if not (archs / "archs.json").exists():
         timed([PYTHON, "-m", "nas", "sample", "--config", str(config), "--tracking-info", str(info), "--out", str(archs)])
-    shards = json.loads((archs / "archs.json").read_text())["archs"]
-    num_shards = -(-len(shards) // yaml.safe_load(config.read_text())["study"].get("shard_size", 8))
+    study_cfg = yaml.safe_load(config.read_text())
+    sampled, shard_size = json.loads((archs / "archs.json").read_text())["archs"], study_cfg["study"]["shard_size"]
+    num_shards = -(-len(sampled) // shard_size)
     jobs = {
-        f"default-study train shard (8 archs x 3 epochs)": ["train", "--archs", str(archs / "archs.json"),
-                                                            "--shard", f"0/{num_shards}"],
+        f"default-study train shard ({min(shard_size, len(sampled))} archs x {study_cfg['train']['epochs']} epochs)":
+            ["train", "--archs", str(archs / "archs.json"), "--shard", f"0/{num_shards}"],
         "default-study supernet (rand)": ["train-supernet", "task.name=rand"],
     }
     rows = []

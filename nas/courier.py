@@ -10,21 +10,26 @@ this module is the loop around it.
 Requests (from the job):
 - ``{"op": "open", "key", "uri", "experiment", "experiment_id", "artifact_location", "tags",
   "run_name", "stale_run_id", "limits": [timeout_s, retries]}``: create a run (first marking the
-  job's earlier, killed run KILLED when it is still RUNNING).
+  job's earlier, killed attempt's run KILLED; see ``nas.tracking.mark_killed``).
 - ``{"op": "entry", "key", "index", "entry"}``: send one journal entry of that run.
 
-Replies (in request order): ``{"key", "op": "open", "run_id"}``, ``{"key", "index"}``, or the same
-with ``"error"``. After the first failed entry of a run nothing more is sent for it (the job goes
-offline and its journal keeps the rest for ``nas tracking-sync``). SIGINT and SIGTERM are ignored:
-they reach the whole process group, and the job still needs its courier to end its run FAILED.
+Replies: ``{"key", "op": "open", "run_id"}``, ``{"key", "index"}``, or the same with ``"error"``.
+A run's entries are delivered in request order, but an ``open`` goes before the entries already
+waiting: the job waits for its run to open, and for nothing else until it ends (a shard opens the
+next architecture's run right after ending the last one's). After the first failed entry of a run
+nothing more is sent for it (the job goes offline and its journal keeps the rest for ``nas
+tracking-sync``). SIGINT and SIGTERM are ignored: they reach the whole process group, and the job
+still needs its courier to end its run FAILED.
 The courier exits when the job closes its stdin or dies.
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -49,7 +54,7 @@ class _Deliveries:
             with tracking.http_limits(*limits):
                 client = tracking.store_client(request["uri"])
                 if request.get("stale_run_id"):
-                    tracking.mark_killed_if_running(client, request["stale_run_id"])
+                    tracking.mark_killed(client, request["stale_run_id"])
                 experiment_id = request.get("experiment_id") or tracking.ensure_experiment(
                     client, request["experiment"], request["artifact_location"])
                 run_id = client.create_run(experiment_id, tags=request["tags"],
@@ -75,13 +80,51 @@ class _Deliveries:
         return {"key": key, "index": index}
 
 
+class RequestQueue:
+    """The job's requests as they arrive (read by a thread), taken opens first, then in arrival order."""
+
+    def __init__(self, lines: TextIO) -> None:
+        self._waiting: collections.deque[dict[str, Any]] = collections.deque()
+        self._ended = False
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(lines,), daemon=True).start()
+
+    def _read(self, lines: TextIO) -> None:
+        try:
+            for line in lines:
+                if line.strip():
+                    with self._changed:
+                        self._waiting.append(json.loads(line))
+                        self._changed.notify()
+        finally:
+            with self._changed:
+                self._ended = True
+                self._changed.notify()
+
+    @property
+    def input_ended(self) -> bool:
+        """Every request line has been read."""
+        with self._changed:
+            return self._ended
+
+    def next(self) -> dict[str, Any] | None:
+        """The next request to serve; None once the input has ended and every request was taken."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._waiting or self._ended)
+            if not self._waiting:
+                return None
+            for position, request in enumerate(self._waiting):
+                if request["op"] == "open":
+                    del self._waiting[position]
+                    return request
+            return self._waiting.popleft()
+
+
 def serve(requests: TextIO, replies: TextIO) -> None:
-    """Answer every request line of ``requests`` on ``replies``, in order, until end of input."""
+    """Answer every request line of ``requests`` on ``replies`` until end of input (see the module's text)."""
     deliveries = _Deliveries()
-    for line in requests:
-        if not line.strip():
-            continue
-        request = json.loads(line)
+    waiting = RequestQueue(requests)
+    while (request := waiting.next()) is not None:
         reply = deliveries.open(request) if request["op"] == "open" else deliveries.send(request)
         replies.write(json.dumps(reply) + "\n")
         replies.flush()

@@ -23,7 +23,7 @@ from .registry import ConfigError
 from .search import METHODS, AccuracyFitness, AngleFitness
 from .spaces import Arch, SearchSpace, build_space
 from .tasks import Task, build_task, check_task_on_dataset
-from .tracking import TrackedRun, init_store
+from .tracking import TrackedRun, init_store, unconfirmed_run_marker
 from .train import TaskModel, Trainer, load_checkpoint, seed_everything
 
 SUMMARY = "summary.json"
@@ -77,11 +77,16 @@ def write_table(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def write_summary(out_dir: Path, stage: str, cfg: dict[str, Any], run: TrackedRun | None, started: float,
                   metrics: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any],
-                  tracked: bool = True) -> dict[str, Any]:
+                  tracked: bool = True, confirm_later: bool = False) -> dict[str, Any]:
     """Write the job's summary and end its run FINISHED: the last act of every stage.
 
     ``tracked`` says whether everything the job logged reached the tracking store; a run that went
-    offline mid-job is recorded here, so that ``nas tracking-sync`` can complete it later.
+    offline mid-job is recorded here, so that ``nas tracking-sync`` can complete it later. The summary
+    is logged as the run's artifact before the store has confirmed anything, then rewritten with the
+    final word on tracking. With ``confirm_later`` the run's end is not waited for: the caller passes
+    the returned summary to ``confirm_summary`` later (a shard does, while training the next
+    architecture, so that it does not wait on the store once per architecture); until then the run's
+    marker says that the summary is not final.
     """
     summary = {
         "stage": stage,
@@ -90,20 +95,26 @@ def write_summary(out_dir: Path, stage: str, cfg: dict[str, Any], run: TrackedRu
         "inputs": inputs,
         "outputs": outputs,
         "config_hash": config_hash(cfg),
-        **(run.summary_fields() if run else {"mlflow_run_id": None, "tracking_uri": None, "tracked": tracked}),
+        **(run.summary_fields(wait=False) if run else {"mlflow_run_id": None, "tracking_uri": None, "tracked": tracked}),
         "wall_seconds": round(time.time() - started, 3),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    path = out_dir / SUMMARY
-    atomic_write_json(path, summary)
-    if run:
-        run.log_artifact(path)
-        run.end("FINISHED")
-        # Again with the final word on tracking: whether the store took the summary and the run's end too, and
-        # the time spent waiting for it (the copy logged as an artifact cannot know either).
-        summary.update(run.summary_fields())
-        atomic_write_json(path, summary)
+    atomic_write_json(out_dir / SUMMARY, summary)
+    if run is not None:
+        run.log_artifact(out_dir / SUMMARY)
+        run.end("FINISHED", wait=not confirm_later)
+        if confirm_later:
+            return summary
+        confirm_summary(out_dir, summary, run)
     end_job(out_dir)
+    return summary
+
+
+def confirm_summary(out_dir: Path, summary: dict[str, Any], run: TrackedRun) -> dict[str, Any]:
+    """Wait for the store to confirm the run's calls, then write the summary with the final word on tracking."""
+    summary.update(run.summary_fields())
+    atomic_write_json(out_dir / SUMMARY, summary)
+    run.forget_marker()
     return summary
 
 
@@ -354,9 +365,9 @@ def _arch_dir(out_dir: Path, space: SearchSpace, arch: Arch) -> Path:
 
 
 def _finished_training(arch_dir: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
-    """The summary of this very training if an earlier attempt of the shard completed it."""
+    """The summary of this very training if an earlier attempt of the shard completed and confirmed it."""
     done = arch_dir / SUMMARY
-    if done.is_file():
+    if done.is_file() and not unconfirmed_run_marker(arch_dir, "train").exists():
         previous = read_json(done)
         if previous.get("inputs", {}).get("identity") == identity:
             return previous
@@ -365,7 +376,8 @@ def _finished_training(arch_dir: Path, identity: dict[str, Any]) -> dict[str, An
 
 def _train_one(cfg: dict[str, Any], space: SearchSpace, arch: Arch, data: ImageData, task: Task, device: torch.device,
                arch_dir: Path, identity: dict[str, Any], checkpoint: dict[str, Any] | None,
-               tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
+               tracking_info: dict | None, tags: dict[str, str]) -> tuple[dict[str, Any], TrackedRun]:
+    """Train one architecture of a shard; its summary is written once ``confirm_summary`` confirms its run."""
     started = time.time()
     arch_str = space.to_str(arch)
     arch_dir.mkdir(parents=True, exist_ok=True)
@@ -385,9 +397,10 @@ def _train_one(cfg: dict[str, Any], space: SearchSpace, arch: Arch, data: ImageD
             "epochs": len(history), "params": cost.params, "flops": cost.flops,
         }
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=len(history))
-        return write_summary(arch_dir, "train", cfg, run, started, metrics,
-                             {"identity": identity, "arch": arch_str, "index": space.to_index(arch)},
-                             {"metrics": str(arch_dir / "metrics.csv")})
+        summary = write_summary(arch_dir, "train", cfg, run, started, metrics,
+                                {"identity": identity, "arch": arch_str, "index": space.to_index(arch)},
+                                {"metrics": str(arch_dir / "metrics.csv")}, confirm_later=True)
+    return summary, run
 
 
 def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_file: Path | None, shard: str | None,
@@ -418,19 +431,30 @@ def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_fil
         finished = _finished_training(arch_dir, identity)
         checkpoint = None if finished else load_checkpoint(arch_dir / "checkpoint.pt", identity)
         plan.append((arch, arch_dir, identity, finished, checkpoint))
-    rows, tracked = [], []
-    for arch, arch_dir, identity, finished, checkpoint in plan:
-        if finished:
-            print(f"[nas] {space.to_str(arch)}: already trained in {arch_dir}; reusing its summary", flush=True)
-            summary = finished
-        else:
-            summary = _train_one(cfg, space, arch, data, task, device, arch_dir, identity, checkpoint, tracking_info,
-                                 tags)
-        rows.append({"space": space.name, "dataset": cfg["dataset"]["name"], "task": cfg["task"]["name"],
-                     "seed": cfg["seed"], "index": space.to_index(arch), "arch": space.to_str(arch),
-                     **summary["metrics"], "source": str(archs_file) if archs_file else "",
-                     "mlflow_run_id": summary["mlflow_run_id"]})
-        tracked.append(summary.get("tracked", True))
+    rows, summaries = [], []
+    # Trainings whose run has ended but whose end the store has not confirmed yet; the store takes it
+    # while the next architecture trains, so the confirmation then costs no wait.
+    unconfirmed: list[tuple[Path, dict[str, Any], TrackedRun]] = []
+    try:
+        for arch, arch_dir, identity, finished, checkpoint in plan:
+            if finished:
+                print(f"[nas] {space.to_str(arch)}: already trained in {arch_dir}; reusing its summary", flush=True)
+                summary = finished
+            else:
+                summary, run = _train_one(cfg, space, arch, data, task, device, arch_dir, identity, checkpoint,
+                                          tracking_info, tags)
+                while unconfirmed:
+                    confirm_summary(*unconfirmed.pop(0))
+                unconfirmed.append((arch_dir, summary, run))
+            rows.append({"space": space.name, "dataset": cfg["dataset"]["name"], "task": cfg["task"]["name"],
+                         "seed": cfg["seed"], "index": space.to_index(arch), "arch": space.to_str(arch),
+                         **summary["metrics"], "source": str(archs_file) if archs_file else "",
+                         "mlflow_run_id": summary["mlflow_run_id"]})
+            summaries.append(summary)
+    finally:
+        while unconfirmed:
+            confirm_summary(*unconfirmed.pop(0))
+    tracked = [summary.get("tracked", True) for summary in summaries]
     write_table(out_dir / "results.csv", rows)
     metrics = {"num_archs": len(rows),
                "mean_eval_acc_best": sum(r["eval_acc_best"] for r in rows) / max(len(rows), 1)}

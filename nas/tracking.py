@@ -2,15 +2,17 @@
 
 Every stage is an MLflow run (experiment = study name), a child of the study's parent run when the
 workflow created one with ``nas tracking-init``. A run ends FINISHED or FAILED, also on
-SIGTERM/SIGINT; a run left RUNNING by a killed job is marked KILLED when the job is re-run.
+SIGTERM/SIGINT; the run of a killed attempt (one whose end the job never confirmed) is marked KILLED
+when the job is re-run.
 
 The job's own files are the record, MLflow is the view: every call a run makes is first appended
 to a journal next to the job's outputs (``.tracking/<run id>.jsonl``), then handed to the job's
 tracking courier (``nas.courier``), a child process that holds the MLflow client and delivers the
 calls while the job goes on; the job waits for it only to open a run and, at the end, for every
-call to be confirmed. A store that cannot be reached when a job starts stops the job before any
-work; a store that goes away mid-run only sends the run offline: the job finishes, its summary says
-it is not fully tracked, and ``nas tracking-sync`` replays the journal's undelivered calls later.
+call to be confirmed (a shard of trainings confirms each one while training the next). A store
+that cannot be reached when a job starts stops the job before any work; a store that goes away
+mid-run only sends the run offline: the job finishes, its summary says it is not fully tracked, and
+``nas tracking-sync`` replays the journal's undelivered calls later.
 """
 from __future__ import annotations
 
@@ -84,10 +86,16 @@ def ensure_experiment(client, name: str, artifact_location: str) -> str:
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
-def mark_killed_if_running(client, run_id: str) -> None:
-    """End a run that a killed job left RUNNING; never block a re-run on it (it may be in another store)."""
+def mark_killed(client, run_id: str) -> None:
+    """Mark KILLED the run of an attempt that never confirmed its end; never block a re-run on it.
+
+    Such a run is RUNNING, or FINISHED when the kill came after the store took its end but before
+    the job knew (a shard confirms its trainings' ends late); either way the re-run logs the job
+    again in a new run. A FAILED run keeps its status. The run may be in another store: a failure
+    here is only reported.
+    """
     try:
-        if client.get_run(run_id).info.status == "RUNNING":
+        if client.get_run(run_id).info.status in ("RUNNING", "FINISHED"):
             client.set_terminated(run_id, "KILLED")
     except Exception as err:
         print(f"[nas] could not mark the earlier run {run_id} as KILLED: {err}", file=sys.stderr, flush=True)
@@ -321,6 +329,11 @@ def stop_courier() -> None:
         _courier.close()
 
 
+def unconfirmed_run_marker(out_dir: str | Path, stage: str) -> Path:
+    """Present while a run of ``stage`` in ``out_dir`` is open or its end unconfirmed: a re-run marks that run KILLED."""
+    return Path(out_dir) / f".mlflow_run_{stage}.json"
+
+
 class TrackedRun:
     """One MLflow run; use as a context manager so that it always ends FINISHED or FAILED."""
 
@@ -329,9 +342,10 @@ class TrackedRun:
         opened = time.perf_counter()
         self.uri = tracking_info["uri"] if tracking_info else tracking_uri(cfg)
         self.out_dir = Path(out_dir)
-        self.marker = self.out_dir / f".mlflow_run_{stage}.json"
+        self.marker = unconfirmed_run_marker(self.out_dir, stage)
         self.error: str | None = None
         self.status: str | None = None
+        self.confirm_later = False  # set by end(wait=False): leaving the ``with`` block does not wait either
         self._previous_handlers: dict[int, Any] = {}
         self._awaiting: collections.deque[int] = collections.deque()  # journal indices sent, not yet confirmed
         self.key = uuid.uuid4().hex
@@ -363,7 +377,7 @@ class TrackedRun:
         self._call(params_entry(cfg))
 
     def _stale_run_id(self) -> str | None:
-        """The run of this job's earlier attempt, if one was opened (the courier ends it KILLED if still RUNNING)."""
+        """The run of this job's earlier, unconfirmed attempt, if one was opened (the courier marks it KILLED)."""
         try:
             return read_json(self.marker)["run_id"] if self.marker.exists() else None
         except (OSError, ValueError, KeyError) as err:
@@ -433,19 +447,34 @@ class TrackedRun:
     def log_artifact(self, path: str | Path) -> None:
         self._call({"op": "artifact", "path": str(Path(path).resolve())})
 
-    def end(self, status: str) -> None:
-        """End the run and wait until the courier has delivered (or failed to deliver) every call."""
+    def end(self, status: str, wait: bool = True) -> None:
+        """End the run; with ``wait``, also wait until the courier has delivered (or failed to deliver) every call.
+
+        Without it, ``summary_fields()`` waits later; a kill before then leaves the marker, so the re-run
+        marks this run KILLED and logs the job again.
+        """
         if self.status is None:
             self.status = status
             self._call({"op": "end", "status": status})
+        self.confirm_later = not wait
+        if wait:
+            self._wait_for_courier()
+
+    def _wait_for_courier(self) -> None:
         started = time.perf_counter()
         self._collect(wait=True)
         self.seconds += time.perf_counter() - started
 
-    def summary_fields(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        self._collect(wait=True)
-        self.seconds += time.perf_counter() - started
+    def forget_marker(self) -> None:
+        """The run's end is confirmed and recorded in the job's summary: a re-run no longer touches this run."""
+        self.marker.unlink(missing_ok=True)
+
+    def summary_fields(self, wait: bool = True) -> dict[str, Any]:
+        """The summary's tracking fields; without ``wait``, as far as the courier has confirmed so far."""
+        if wait:
+            self._wait_for_courier()
+        else:
+            self._collect(wait=False)
         return {"mlflow_run_id": self.run_id, "tracking_uri": self.uri, "tracked": self.error is None,
                 "tracking_error": self.error, "tracking_journal": str(self.journal.path),
                 "tracking_seconds": round(self.seconds, 4)}
@@ -457,7 +486,10 @@ class TrackedRun:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self.end("FINISHED" if exc_type is None else "FAILED")
+            if exc_type is not None:
+                self.end("FAILED")
+            elif not self.confirm_later:
+                self.end("FINISHED")
         finally:
             for signum, handler in self._previous_handlers.items():
                 signal.signal(signum, handler)

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import io
 import json
+import time
 
 from mlflow.tracking import MlflowClient
 
 import nas.tracking
-from nas.courier import serve
+from nas.courier import RequestQueue, serve
 
 
 def _open(key: str, uri: str, **extra) -> dict:
@@ -64,11 +65,25 @@ def test_after_the_first_failure_nothing_more_is_sent_for_that_run(tmp_path, mon
         _entry("b", 1, {"op": "end", "status": "FINISHED"}),
     ])
     assert attempts == ["params", "metrics", "end"]  # entries 3 and 4 of run a were never tried
-    assert replies[1] == {"key": "a", "index": 1}
-    for reply in replies[2:5]:
-        assert reply["error"] == "ConnectionError: Connection refused (the store went away)"
-    assert "error" not in replies[5] and "error" not in replies[6]
-    assert MlflowClient(uri).get_run(replies[5]["run_id"]).info.status == "FINISHED"
+    by_request = {(r["key"], r.get("index", "open")): r for r in replies}
+    assert by_request["a", 1] == {"key": "a", "index": 1}
+    for index in (2, 3, 4):
+        assert by_request["a", index]["error"] == "ConnectionError: Connection refused (the store went away)"
+    assert "error" not in by_request["b", "open"] and "error" not in by_request["b", 1]
+    assert MlflowClient(uri).get_run(by_request["b", "open"]["run_id"]).info.status == "FINISHED"
+
+
+def test_an_open_is_served_before_the_entries_waiting_ahead_of_it():
+    lines = [_entry("a", 1, {"op": "metrics", "metrics": []}), _entry("a", 2, {"op": "end", "status": "FINISHED"}),
+             _open("b", "sqlite:///unused"), _entry("b", 1, {"op": "end", "status": "FINISHED"})]
+    waiting = RequestQueue(io.StringIO("".join(json.dumps(r) + "\n" for r in lines)))
+    deadline = time.monotonic() + 10
+    while not waiting.input_ended and time.monotonic() < deadline:
+        time.sleep(0.01)
+    order = []
+    while (request := waiting.next()) is not None:
+        order.append((request["key"], request.get("index", "open")))
+    assert order == [("b", "open"), ("a", 1), ("a", 2), ("b", 1)]
 
 
 def test_opening_marks_the_earlier_killed_run_and_reports_a_bad_store(tmp_path):
@@ -78,6 +93,13 @@ def test_opening_marks_the_earlier_killed_run_and_reports_a_bad_store(tmp_path):
     client = MlflowClient(uri)
     assert client.get_run(first).info.status == "KILLED"
     assert client.get_run(again["run_id"]).info.status == "RUNNING"
+    # Ended in the store, but its job was killed before it knew (so it will log the job again): KILLED too.
+    # A run that failed keeps its status.
+    ended = _serve([_open("c", uri), _entry("c", 1, {"op": "end", "status": "FINISHED"})])[0]["run_id"]
+    failed = _serve([_open("d", uri), _entry("d", 1, {"op": "end", "status": "FAILED"})])[0]["run_id"]
+    _serve([_open("e", uri, stale_run_id=ended), _open("f", uri, stale_run_id=failed)])
+    assert client.get_run(ended).info.status == "KILLED"
+    assert client.get_run(failed).info.status == "FAILED"
 
     (tmp_path / "not-a-db").write_text("plain text")
     (bad,) = _serve([_open("c", f"sqlite:///{tmp_path / 'not-a-db'}")])
