@@ -73,5 +73,6 @@ def test_freed_host_memory_is_reused_without_page_faults():
     cell = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
     faults = {mode: float(subprocess.run([sys.executable, "-c", FAULTS, mode, cell], capture_output=True, text=True,
                                          check=True).stdout) for mode in ("keep", "default")}
-    # per training step of a small NB201 network; glibc's own adaptive thresholds gave ~8,700 here
-    assert faults["keep"] < 1000 and faults["default"] > 3 * faults["keep"], faults
+    # per training step of a small NB201 network: 7,800-11,700 with glibc's own adaptive thresholds here,
+    # 900-1,600 with the setting (the rest varies with the heap's fragmentation, so no absolute bound)
+    assert faults["default"] > 4 * faults["keep"], faults
