@@ -435,6 +435,11 @@ def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_fil
     # Trainings whose run has ended but whose end the store has not confirmed yet; the store takes it
     # while the next architecture trains, so the confirmation then costs no wait.
     unconfirmed: list[tuple[Path, dict[str, Any], TrackedRun]] = []
+
+    def confirm_all() -> None:
+        while unconfirmed:
+            confirm_summary(*unconfirmed.pop(0))
+
     try:
         for arch, arch_dir, identity, finished, checkpoint in plan:
             if finished:
@@ -443,8 +448,7 @@ def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_fil
             else:
                 summary, run = _train_one(cfg, space, arch, data, task, device, arch_dir, identity, checkpoint,
                                           tracking_info, tags)
-                while unconfirmed:
-                    confirm_summary(*unconfirmed.pop(0))
+                confirm_all()
                 unconfirmed.append((arch_dir, summary, run))
             rows.append({"space": space.name, "dataset": cfg["dataset"]["name"], "task": cfg["task"]["name"],
                          "seed": cfg["seed"], "index": space.to_index(arch), "arch": space.to_str(arch),
@@ -452,8 +456,7 @@ def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_fil
                          "mlflow_run_id": summary["mlflow_run_id"]})
             summaries.append(summary)
     finally:
-        while unconfirmed:
-            confirm_summary(*unconfirmed.pop(0))
+        confirm_all()
     tracked = [summary.get("tracked", True) for summary in summaries]
     write_table(out_dir / "results.csv", rows)
     metrics = {"num_archs": len(rows),

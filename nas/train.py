@@ -67,10 +67,10 @@ def lr_factor(step: int, total: int, cfg: dict[str, Any]) -> float:
 
 
 def build_optimizer(params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    """SGD or Adam, each with one kernel per update step for all parameters (PyTorch's default on the CPU is a Python
-    loop of five small ops per tensor: 5.0 ms against 3.6 (SGD, multi-tensor) and 0.9 ms (fused) per step of the
-    stand-alone NB201 network here). SGD is multi-tensor rather than fused: the fused kernel fails once a supernet
-    path reaches parameters that have no momentum buffer yet while others have one."""
+    """SGD multi-tensor (a few ops over all parameters at once) and Adam fused (one kernel); PyTorch's default on the
+    CPU is a Python loop of five small ops per tensor: 5.0 ms against 3.6 (SGD, multi-tensor) and 0.9 ms (fused) per
+    step of the stand-alone NB201 network here. SGD is multi-tensor rather than fused: the fused kernel fails once a
+    supernet path reaches parameters that have no momentum buffer yet while others have one."""
     if cfg["optimizer"] == "sgd":
         return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"] and cfg["momentum"] > 0,
                                weight_decay=cfg["weight_decay"], foreach=True)

@@ -118,7 +118,7 @@ def test_gpu_float32_gradients_match_the_cpu(cfg, tiny_space_cfg, tiny_info, tmp
     """One training-mode backward pass, every parameter's gradient, GPU float32 against CPU float64.
 
     This found PyTorch's wrong channels-last CUDA backward of the padded average pool (see
-    nas.spaces.nb201.AvgPool3x3): its forward was right, gradients were up to 30 % off.
+    nas.spaces.nb201.AvgPool3x3): its forward was right, single parameters' gradients were up to 80 % off.
     """
     data = _data(tiny_info)
     model = _trainer(cfg, tiny_space_cfg, data, torch.device("cpu"), name, supernet, False, tmp_path / "a.pt").model
