@@ -14,6 +14,10 @@ defaults of ``nas`` and the settings of xautodl's NB201 search configs):
   path set as ``arch_cache``, fed a ready normalised tensor (no augmentation), step as in its script.
 - Stand-alone cell step: the same loop for the discrete network of one cell (default: the best NB201
   cell) against xautodl's ``TinyNetwork`` (``name='infer.tiny'``) of the same genotype.
+- The stand-alone step's convolutions alone: the forward and backward of every convolution that step
+  runs, with nothing else (a worker of ours, ``convolutions_alone``). Its ratio is the most that any
+  code around the convolutions could reach against xautodl on this machine, were BatchNorm, ReLU,
+  the sums, the loss and the optimiser free.
 - GDAS and DARTS-V1 iterations: listed only; ``nas`` does not implement them.
 
 ``--device cuda`` runs both on the GPU (ours with its default bf16 autocast, xautodl in float32 as its
@@ -52,6 +56,7 @@ from nas.data import DatasetInfo, ImageData
 from nas.devices import keep_freed_host_memory, use_deterministic_cuda_kernels
 from nas.search import METHODS
 from nas.spaces import Arch, SearchSpace, build_space
+from nas.spaces.nb201 import ACTIVATION_FORMAT
 from nas.tasks import build_task
 from nas.tasks.base import normalize
 from nas.train import TaskModel, Trainer
@@ -146,8 +151,57 @@ def seconds_row(name: str, ours: list[float], peer: list[float] | None, note: st
                peer_s / ours_s, note)
 
 
+def recorded_convolutions(model: nn.Module, inputs: torch.Tensor) -> list[tuple[nn.Conv2d, torch.Size, bool]]:
+    """Every convolution one forward of ``model`` runs: (module, input shape, whether its input needs a gradient)."""
+    calls: list[tuple[nn.Conv2d, torch.Size, bool]] = []
+
+    def record(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        calls.append((module, args[0].shape, args[0].requires_grad))
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        model(inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def convolutions_alone(model: nn.Module, inputs: torch.Tensor, steps: int,
+                       device: torch.device = torch.device("cpu")) -> Callable[[], None]:
+    """One call = ``steps`` times the forward and backward of every convolution of one training step, nothing else.
+
+    Each convolution gets its own input and output gradient, alive for the whole step as saved
+    activations are, so that caches see as many distinct tensors as in the step. The time is what a
+    step would take if every other op (BatchNorm, ReLU, sums, loss, optimiser) cost nothing: the
+    floor that our network code can approach on this machine.
+    """
+    calls = recorded_convolutions(model, inputs.to(device))
+    generator = torch.Generator().manual_seed(0)
+    replay = []
+    for conv, shape, input_needs_grad in calls:
+        x = torch.randn(shape, generator=generator).to(device).contiguous(memory_format=ACTIVATION_FORMAT)
+        with torch.no_grad():
+            y = conv(x)
+        grad_y = torch.randn(y.shape, generator=generator).to(device).contiguous(memory_format=ACTIVATION_FORMAT)
+        replay.append((conv, x, grad_y, [input_needs_grad, True, conv.bias is not None]))
+
+    def run() -> None:
+        for _ in range(steps):
+            with torch.no_grad():
+                for conv, x, _, _ in replay:
+                    conv(x)
+                for conv, x, grad_y, mask in reversed(replay):
+                    torch.ops.aten.convolution_backward(grad_y, x, conv.weight, None if conv.bias is None else
+                                                        [conv.out_channels], conv.stride, conv.padding,
+                                                        conv.dilation, False, [0, 0], conv.groups, mask)
+
+    return synchronised(run, device)
+
+
 # ---- one contender per process ---------------------------------------------------------------------------
 ROLES = ("ours", "xautodl", "xautodl+kept")  # the last: xautodl in a process with nas's allocator setting
+FLOOR_ROLE = "ours-convolutions"  # stand-alone only: our step's convolutions and nothing else
 
 
 def build_contender(role: str, bench: str, args: argparse.Namespace, workdir: Path) -> tuple[Callable[[], None], int]:
@@ -160,12 +214,15 @@ def build_contender(role: str, bench: str, args: argparse.Namespace, workdir: Pa
     data = replicated_dataset(images, labels, args.steps)
     training = cfg["supernet" if bench == "supernet" else "train"]
     torch.manual_seed(args.seed)
-    if role == "ours":
+    if role in ("ours", FLOOR_ROLE):
         task = build_task(cfg["task"], data.info, args.seed)
         if bench == "supernet":
             model = TaskModel(space.build_supernet(task.in_channels), task)
             return our_epoch(model, data, training, args.seed, workdir, space.sample, device), count_params(model)
         model = TaskModel(space.build_network(space.from_str(args.cell), task.in_channels), task)
+        if role == FLOOR_ROLE:
+            return convolutions_alone(model, normalize(images.float() / 255.0, data.info), args.steps,
+                                      device), count_params(model)
         return our_epoch(model, data, training, args.seed, workdir, None, device), count_params(model)
     xautodl = load_xautodl()
     peer_inputs = normalize(images.float() / 255.0, data.info)
@@ -274,14 +331,21 @@ def main() -> None:
     notes: list[str] = []
     for bench, label in (("supernet", "SPOS supernet weight step (uniform single path)"),
                          ("standalone", "stand-alone cell training step")):
-        result = measure(bench, roles, args.repeats)
+        bench_roles = roles + [FLOOR_ROLE] if bench == "standalone" else roles
+        result = measure(bench, bench_roles, args.repeats)
         ours, ours_params = result["ours"]
+        floor_label = f"{label}: its convolutions alone (every other op free)"
         if missing:
             rows.append(seconds_row(label, ours, None))
+            if bench == "standalone":
+                rows.append(seconds_row(floor_label, result[FLOOR_ROLE][0], None))
             continue
         rows.append(seconds_row(label, ours, result["xautodl"][0]))
         rows.append(seconds_row(f"{label}, xautodl given our allocator setting", ours, result["xautodl+kept"][0],
                                 "network code alone"))
+        if bench == "standalone":
+            rows.append(seconds_row(floor_label, result[FLOOR_ROLE][0], result["xautodl"][0],
+                                    "the most any network code could reach here"))
         notes.append(f"{bench} parameters: ours {ours_params:,}, xautodl {result['xautodl'][1]:,}")
 
     # gradient-based search iterations: compared only once nas has them
