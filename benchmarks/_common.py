@@ -120,13 +120,17 @@ def spread(values: Sequence[float]) -> str:
 
 @dataclass
 class Row:
-    """One line of the results table; ``ours``/``peer`` are display strings, ``ratio`` is ours' speed-up."""
+    """One line of the results table; ``ours``/``peer`` are display strings, ``ratio`` is ours' speed-up.
+
+    ``judged``: whether the target applies to this row (not to a diagnostic row such as a ceiling).
+    """
 
     benchmark: str
     ours: str
     peer: str
     ratio: float | None = None
     note: str = ""
+    judged: bool = True
 
 
 def markdown_table(rows: Sequence[Row], peer_name: str, target: float | None = None) -> str:
@@ -137,7 +141,7 @@ def markdown_table(rows: Sequence[Row], peer_name: str, target: float | None = N
             ratio = row.note or "n/a"
         else:
             ratio = f"{row.ratio:.2f}x"
-            if target is not None:
+            if target is not None and row.judged:
                 ratio += " (meets target)" if row.ratio >= target else f" (below {target:g}x target)"
             if row.note:
                 ratio += f"; {row.note}"
