@@ -377,7 +377,7 @@ def _finished_training(arch_dir: Path, identity: dict[str, Any]) -> dict[str, An
 def _train_one(cfg: dict[str, Any], space: SearchSpace, arch: Arch, data: ImageData, task: Task, device: torch.device,
                arch_dir: Path, identity: dict[str, Any], checkpoint: dict[str, Any] | None,
                tracking_info: dict | None, tags: dict[str, str]) -> tuple[dict[str, Any], TrackedRun]:
-    """Train one architecture of a shard; its summary is written once ``confirm_summary`` confirms its run."""
+    """Train one architecture of a shard; its summary is written now and final once ``confirm_summary`` confirms its run."""
     started = time.time()
     arch_str = space.to_str(arch)
     arch_dir.mkdir(parents=True, exist_ok=True)
