@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--supernet", required=True, type=Path, help="output folder of train-supernet")
     p.add_argument("--archs", required=True, type=Path, help="archs.json written by `nas sample`")
+    p.add_argument("--shard", help="score only shard i of n of the listed architectures, as i/n")
 
     p = stages.add_parser("search", help="evolution or random search over a trained supernet")
     _common(p)
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--standalone", type=Path, help="table from `nas collect --kind standalone`")
     p.add_argument("--proxies", type=Path, help="table from `nas collect --kind proxies` (supernet scores)")
     p.add_argument("--zero-cost", type=Path, help="table from `nas collect --kind zero_cost`")
+    p.add_argument("--searches", nargs="+", type=Path, default=[],
+                   help="output folders of `nas search` by angle: their best cells are marked in the angle figure")
 
     p = stages.add_parser("collect", help="tidy one table from per-job result files")
     p.add_argument("--kind", required=True, choices=["standalone", "proxies", "search", "zero_cost"])
@@ -165,7 +168,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     elif args.stage == "train-supernet":
         summary = stages.train_supernet(cfg, args.out, tracking_info, tags)
     elif args.stage == "score":
-        summary = stages.score(cfg, args.out, args.supernet, args.archs, tracking_info, tags)
+        summary = stages.score(cfg, args.out, args.supernet, args.archs, tracking_info, tags, args.shard)
     elif args.stage == "search":
         summary = stages.search(cfg, args.out, args.supernet, tracking_info, tags)
     elif args.stage == "proxies":
@@ -174,7 +177,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         summary = stages.ground_truth(cfg, args.out, tracking_info, tags)
     elif args.stage == "correlate-truth":
         summary = stages.correlate_truth(cfg, args.out, args.truth, args.standalone, args.proxies, args.zero_cost,
-                                         tracking_info, tags)
+                                         tracking_info, tags, args.searches)
     elif args.stage == "correlate":
         summary = stages.correlate(cfg, args.out, args.standalone, args.proxies, args.zero_cost, tracking_info, tags)
     elif args.stage == "figures":

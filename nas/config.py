@@ -65,10 +65,19 @@ def _path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "<top level>"
 
 
+def _declared_keys(subschema: dict[str, Any]) -> set[str]:
+    """The keys a section declares: its own ``properties`` and those of the local ``$ref`` it extends."""
+    keys = set(subschema.get("properties", {}))
+    ref = subschema.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        keys |= _declared_keys(schema()["$defs"][ref.removeprefix("#/$defs/")])
+    return keys
+
+
 def _describe(error: jsonschema.ValidationError) -> str:
     where = _path(error)
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
+    if error.validator in ("additionalProperties", "unevaluatedProperties"):
+        allowed = sorted(_declared_keys(error.schema))
         extra = sorted(set(error.instance) - set(allowed))
         prefix = "" if where == "<top level>" else where + "."
         return f"unknown config key {', '.join(prefix + k for k in extra)!r}; allowed here: {', '.join(allowed)}"
@@ -91,10 +100,17 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (len(list(e.absolute_path)), _path(e)))
     if errors:
         raise ConfigError("; ".join(_describe(e) for e in errors[:5]))
-    splits = cfg["dataset"]["splits"]
-    if sum(splits.values()) > 1.0 + 1e-9:
-        raise ConfigError(f"config key 'dataset.splits': fractions {splits} add up to more than 1")
+    for key, splits in (("dataset.splits", cfg["dataset"]["splits"]), ("supernet.splits", cfg["supernet"]["splits"]),
+                        ("train.splits", cfg["train"]["splits"])):
+        if splits is not None and sum(splits.values()) > 1.0 + 1e-9:
+            raise ConfigError(f"config key {key!r}: fractions {splits} add up to more than 1")
     return cfg
+
+
+def stage_dataset(cfg: dict[str, Any], section: str) -> dict[str, Any]:
+    """The ``dataset`` section as stage ``section`` (``supernet`` or ``train``) loads it: its own splits, if set."""
+    splits = cfg[section]["splits"]
+    return cfg["dataset"] if splits is None else {**cfg["dataset"], "splits": splits}
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import yaml
 
-from .config import config_hash
+from .config import config_hash, stage_dataset
 from .data import ImageData, iterate_batches, load_dataset
 from .devices import keep_freed_host_memory, select_device
 from .io import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
@@ -136,9 +136,10 @@ def _setup(cfg: dict[str, Any]) -> torch.device:
     return select_device(cfg["device"], cfg["gpu_slots"])
 
 
-def _data_and_task(cfg: dict[str, Any], device: torch.device) -> tuple[ImageData, Task]:
+def _data_and_task(cfg: dict[str, Any], device: torch.device, section: str | None = None) -> tuple[ImageData, Task]:
+    """The job's data and task; ``section`` (``supernet``, ``train``) names the stage whose splits the data takes."""
     check_task_on_dataset(cfg["task"]["name"], cfg["dataset"]["name"])
-    data = load_dataset(cfg["dataset"])
+    data = load_dataset(stage_dataset(cfg, section) if section else cfg["dataset"])
     task = build_task(cfg["task"], data.info, cfg["seed"])
     return data.to(device), task
 
@@ -234,7 +235,7 @@ def sample(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | None, tags:
 def train_supernet(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
     started = time.time()
     device = _setup(cfg)
-    data, task = _data_and_task(cfg, device)
+    data, task = _data_and_task(cfg, device, "supernet")
     space = build_space(cfg["space"])
     model = TaskModel(space.build_supernet(task.in_channels), task)
     begin_job(out_dir)
@@ -247,7 +248,8 @@ def train_supernet(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | Non
     checkpoint = load_checkpoint(out_dir / "checkpoint.pt", identity)
     # The trainer first: building it (torch.optim imports torch._dynamo) overlaps the courier's start.
     trainer = Trainer(model, data, cfg["supernet"], device, out_dir / "checkpoint.pt", identity, cfg["seed"],
-                      path_sampler=space.sample, progress=cfg["progress"], label="supernet")
+                      path_sampler=space.supernet_sampler(cfg["supernet"]["sampling"]), progress=cfg["progress"],
+                      label="supernet")
     with TrackedRun(cfg, "train-supernet", _tags(cfg, tags), out_dir, tracking_info) as run:
         history = _resume_and_fit(trainer, run, out_dir / "metrics.csv", checkpoint)
         atomic_torch_save(model.state_dict(), out_dir / "weights_final.pt")
@@ -268,7 +270,12 @@ def _load_supernet(cfg: dict[str, Any], supernet_dir: Path, device: torch.device
             f"supernet {str(supernet_dir)!r} was trained with other {', '.join(differing)} settings than this job "
             f"(e.g. {differing[0]}: {trained_cfg.get(differing[0])!r} vs {cfg.get(differing[0])!r})"
         )
-    data, task = _data_and_task(cfg, device)
+    # score and search read the supernet's own splits: its held-out images are the ones it never trained on
+    trained_splits = (trained_cfg.get("supernet") or {}).get("splits") or trained_cfg["dataset"]["splits"]
+    if trained_splits != stage_dataset(cfg, "supernet")["splits"]:
+        raise ConfigError(f"supernet {str(supernet_dir)!r} was trained on other splits than this job's supernet.splits "
+                          f"(or dataset.splits): {trained_splits!r} vs {stage_dataset(cfg, 'supernet')['splits']!r}")
+    data, task = _data_and_task(cfg, device, "supernet")
     space = build_space(cfg["space"])
     models = {}
     for which in ("init", "final"):
@@ -285,17 +292,19 @@ def _load_supernet(cfg: dict[str, Any], supernet_dir: Path, device: torch.device
 
 
 def score(cfg: dict[str, Any], out_dir: Path, supernet_dir: Path, archs_file: Path, tracking_info: dict | None,
-          tags: dict[str, str]) -> dict[str, Any]:
+          tags: dict[str, str], shard: str | None = None) -> dict[str, Any]:
+    """Angle, supernet accuracy after BN recalibration, parameters and FLOPs of the listed cells (or shard i/n of them)."""
     started = time.time()
     device = _setup(cfg)
     space = build_space(cfg["space"])
-    archs = read_archs(space, archs_file)
+    archs, shard_index, shard_count = shard_of(read_archs(space, archs_file), shard)
     data, task, space, models, inputs = _load_supernet(cfg, supernet_dir, device)
     begin_job(out_dir)
     angle = AngleFitness(space, models["init"], models["final"])
     accuracy = AccuracyFitness(models["final"], data, cfg["score"], device, cfg["seed"], cfg["supernet"]["amp"])
     rows = []
-    with TrackedRun(cfg, "score", _tags(cfg, tags), out_dir, tracking_info) as run:
+    shard_tag = f"{shard_index}/{shard_count}"
+    with TrackedRun(cfg, "score", _tags(cfg, {"shard": shard_tag, **tags}), out_dir, tracking_info) as run:
         for arch in archs:
             cost = space.cost(arch, task.num_outputs, task.in_channels, data.info.image_size)
             rows.append({"space": space.name, "dataset": cfg["dataset"]["name"], "task": cfg["task"]["name"],
@@ -303,12 +312,14 @@ def score(cfg: dict[str, Any], out_dir: Path, supernet_dir: Path, archs_file: Pa
                          "supernet_acc": accuracy(arch), "params": cost.params, "flops": cost.flops})
         write_table(out_dir / "scores.csv", rows)
         run.log_artifact(out_dir / "scores.csv")
-        metrics = {"num_archs": len(rows),
-                   "mean_angle": sum(r["angle"] for r in rows) / len(rows),
-                   "mean_supernet_acc": sum(r["supernet_acc"] for r in rows) / len(rows)}
+        metrics = {"num_archs": len(rows)}
+        if rows:
+            metrics.update(mean_angle=sum(r["angle"] for r in rows) / len(rows),
+                           mean_supernet_acc=sum(r["supernet_acc"] for r in rows) / len(rows))
         run.log_metrics(metrics, step=0)
         return write_summary(out_dir, "score", cfg, run, started, metrics,
-                             {**inputs, "archs": str(archs_file), "archs_sha": _file_digest(archs_file)},
+                             {**inputs, "archs": str(archs_file), "archs_sha": _file_digest(archs_file),
+                              "shard": shard_tag},
                              {"scores": str(out_dir / "scores.csv")})
 
 
@@ -421,7 +432,7 @@ def train(cfg: dict[str, Any], out_dir: Path, archs: list[str] | None, archs_fil
         raise ConfigError("nas train needs --arch STR (repeatable) or --archs FILE")
     arch_list, shard_index, shard_count = shard_of(arch_list, shard)
     device = _setup(cfg)
-    data, task = _data_and_task(cfg, device)
+    data, task = _data_and_task(cfg, device, "train")
     begin_job(out_dir)
     # Every checkpoint a resumed shard would continue from is read (once) before any training, so
     # that a foreign or broken one is refused as bad input.
@@ -485,20 +496,33 @@ def describe(space_cfg: dict[str, Any], archs: list[str] | None, all_archs: bool
 
 def proxies(cfg: dict[str, Any], out_dir: Path, archs_file: Path, shard: str | None, tracking_info: dict | None,
             tags: dict[str, str]) -> dict[str, Any]:
-    """Zero-cost proxies of untrained networks, from one fixed seeded minibatch of the task's inputs."""
+    """Zero-cost proxies of untrained networks, each from the first minibatch of one seeded shuffle of the task's
+    inputs (its size and augmentation per proxy, ``proxies.batch_size`` or ``proxies.naswot_batch_size``)."""
     from .proxies import ProxyInputs, score_network
+    from .proxies.registry import batch_setting, build_proxy_backbone, check_network
 
     started = time.time()
     space = build_space(cfg["space"])
+    check_network(space, cfg["proxies"]["network"])
     arch_list, shard_index, shard_count = shard_of(read_archs(space, archs_file), shard)
     device = _setup(cfg)
     job_cfg = {**cfg, "task": {**cfg["task"], "name": cfg["proxies"]["task"]}}
     data, task = _data_and_task(job_cfg, device)
-    generator = torch.Generator().manual_seed(cfg["seed"])
-    images, labels, ids = first_batch(data, cfg["proxies"]["batch_size"], generator)
-    inputs, targets = task.prepare(images.float() / 255.0, labels, ids, train=False, generator=generator)
-    batch = ProxyInputs(inputs, targets, task.loss)
     names = cfg["proxies"]["names"]
+    batches: dict[tuple[int, bool], ProxyInputs] = {}
+    for name in names:
+        setting = batch_setting(cfg["proxies"], name)
+        if name in ("params", "flops") or setting in batches:
+            continue
+        size, augment = setting
+        if len(data.splits["train"]) < size:
+            key = "proxies.naswot_batch_size" if name == "naswot" else "proxies.batch_size"
+            raise ConfigError(f"{key}: the train split of {data.info.name!r} holds fewer than {size} images")
+        # A fresh generator per setting: every batch starts the same shuffle, so a smaller one is a prefix.
+        generator = torch.Generator().manual_seed(cfg["seed"])
+        images, labels, ids = first_batch(data, size, generator)
+        inputs, targets = task.prepare(images.float() / 255.0, labels, ids, train=augment, generator=generator)
+        batches[setting] = ProxyInputs(inputs, targets, task.loss)
     begin_job(out_dir)
     rows = []
     with TrackedRun(cfg, "proxies", _tags(job_cfg, {"shard": f"{shard_index}/{shard_count}", **tags}), out_dir,
@@ -512,15 +536,18 @@ def proxies(cfg: dict[str, Any], out_dir: Path, archs_file: Path, shard: str | N
                     row[name] = getattr(cost, name)
                     continue
                 torch.manual_seed(cfg["seed"])  # the same initialisation scheme for every architecture
-                model = TaskModel(space.build_network(arch, task.in_channels), task).to(device)
-                row[name] = score_network(name, model, batch)
+                backbone = build_proxy_backbone(space, arch, task.in_channels, name, cfg["proxies"]["network"])
+                model = TaskModel(backbone, task).to(device)
+                row[name] = score_network(name, model, batches[batch_setting(cfg["proxies"], name)])
             rows.append(row)
         write_table(out_dir / "proxies.csv", rows)
         run.log_artifact(out_dir / "proxies.csv")
         run.log_metrics({"num_archs": len(rows)}, step=0)
         return write_summary(out_dir, "proxies", cfg, run, started, {"num_archs": len(rows)},
                              {"archs": str(archs_file), "shard": f"{shard_index}/{shard_count}", "task": task.name,
-                              "batch_size": cfg["proxies"]["batch_size"], "dataset_fingerprint": data.fingerprint},
+                              "batch_sizes": {n: batch_setting(cfg["proxies"], n)[0] for n in names
+                                              if n not in ("params", "flops")},
+                              "network": cfg["proxies"]["network"], "dataset_fingerprint": data.fingerprint},
                              {"proxies": str(out_dir / "proxies.csv")})
 
 
@@ -632,10 +659,27 @@ def ground_truth(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | None,
                              {"truth": str(out_dir / "truth.csv"), "truth_metric": truth})
 
 
+def _searched_by_angle(searches: list[Path]):
+    """The best cell of each angle search: dataset, task and seed of its supernet, index and angle."""
+    import pandas as pd
+
+    rows = []
+    for folder in searches:
+        summary = read_summary(folder, "search")
+        if summary["inputs"]["fitness"] != "angle":
+            continue
+        supernet_cfg = yaml.safe_load((Path(summary["inputs"]["supernet"]) / "config.yaml").read_text())
+        best = read_json(Path(folder) / "topk.json")["archs"][0]
+        rows.append({"dataset": supernet_cfg["dataset"]["name"], "task": summary["inputs"]["task"],
+                     "seed": supernet_cfg["seed"], "index": best["index"], "angle": best["fitness"]})
+    return pd.DataFrame(rows, columns=["dataset", "task", "seed", "index", "angle"])
+
+
 def correlate_truth(cfg: dict[str, Any], out_dir: Path, truth_dir: Path, standalone: Path | None,
                     proxies_table: Path | None, zero_cost: Path | None, tracking_info: dict | None,
-                    tags: dict[str, str]) -> dict[str, Any]:
-    """Every proxy of the study against the ground truth (Spearman, Kendall, top-10 % precision, bootstrap CIs)."""
+                    tags: dict[str, str], searches: list[Path] | None = None) -> dict[str, Any]:
+    """Every proxy of the study against the ground truth (Spearman, Kendall tau-b, Kendall tau by RLNAS's rank
+    lists, top-10 % precision, bootstrap CIs); the angle against the truth with the angle searches' picks marked."""
     import pandas as pd
 
     from .analysis import figures as fig
@@ -648,6 +692,14 @@ def correlate_truth(cfg: dict[str, Any], out_dir: Path, truth_dir: Path, standal
     truth = pd.read_csv(truth_dir / "truth.csv")
     values = tables.proxy_values(_read_optional(standalone), _read_optional(proxies_table), _read_optional(zero_cost),
                                  cfg["study"]["acc_epoch"])
+    # kendall_rlnas breaks ties in the order the cells come in. Upstream's order is its enumeration of the
+    # space: the product over the edges with the first edge most significant, i.e. ascending gene tuples.
+    space = build_space(cfg["space"])
+    enumeration = {index: rank for rank, index in
+                   enumerate(sorted(values["index"].unique(), key=lambda i: space.from_index(int(i))))}
+    values = values.sort_values("index", key=lambda column: column.map(enumeration), kind="stable",
+                                ignore_index=True)
+    searched = _searched_by_angle(list(searches or []))
     metrics = [c for c in truth.columns if c not in ("index", "arch")]
     begin_job(out_dir)
     with TrackedRun(cfg, "correlate-truth", {"truth": truth_metric, **tags}, out_dir, tracking_info) as run:
@@ -660,12 +712,15 @@ def correlate_truth(cfg: dict[str, Any], out_dir: Path, truth_dir: Path, standal
         primary = corr[corr.truth == truth_metric]
         paths += fig.proxies_vs_truth(tables.truth_frame(values, truth, truth_metric), primary, truth_metric, out_dir)
         paths += fig.tau_bars(corr, out_dir)
+        paths += fig.angle_vs_truth(values[values.proxy.str.startswith("angle:") & (values.seed >= 0)], corr, truth,
+                                    [truth_metric] + [m for m in metrics if m != truth_metric], searched, out_dir)
         for path in paths:
             run.log_artifact(path)
-        kendall = primary[(primary.seed == "mean") & (primary.method == "kendall")]
-        run.log_metrics({f"kendall.{r.dataset}.{r.proxy.replace(':', '.')}": r.coef for r in kendall.itertuples()
+        kendall = primary[(primary.seed == "mean") & primary.method.isin(["kendall", "kendall_rlnas"])]
+        run.log_metrics({f"{r.method}.{r.dataset}.{r.proxy.replace(':', '.')}": r.coef for r in kendall.itertuples()
                          if np.isfinite(r.coef)}, step=0)
         return write_summary(out_dir, "correlate-truth", cfg, run, started, {"rows": len(corr)},
                              {"truth": str(truth_dir), "truth_metric": truth_metric, "standalone": str(standalone),
+                              "searches": [str(p) for p in searches or []],
                               "proxies": str(proxies_table), "zero_cost": str(zero_cost)},
                              {"correlations": str(out_dir / "correlations.csv"), "files": [str(p) for p in paths]})

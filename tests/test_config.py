@@ -36,6 +36,13 @@ from nas.tasks import check_task_on_dataset
         ("search.method=bayes", ["search.method", "'bayes'"]),
         ("task.jig.grid=4", ["task.jig.grid", "4"]),
         ("train.batch_size=0", ["train.batch_size", "0"]),
+        ("supernet.foo=1", ["unknown config key 'supernet.foo'", "allowed here:", "sampling", "epochs"]),
+        ("train.sampling=shared", ["unknown config key 'train.sampling'", "allowed here:", "epochs"]),
+        ("supernet.sampling=both", ["supernet.sampling", "'both'", "per_cell", "shared"]),
+        ("train.splits={train: 0.9, valid: 0.1, search: 0.1}", ["train.splits", "more than 1"]),
+        ("supernet.splits={train: 0.5, valid: 0.5}", ["supernet.splits", "search"]),
+        ("supernet.splits={train: 0.5, valid: 0, search: 0, test: 0.5}", ["supernet.splits.test", "allowed here:"]),
+        ("search.candidates=all", ["search.candidates", "'all'", "rlnas", "trainable"]),
     ],
 )
 def test_bad_override_names_key_and_value(override, names):
@@ -60,6 +67,19 @@ def test_unknown_key_in_yaml_file(tmp_path):
     path.write_text("seed: 1\ntrain:\n  epochs: 2\n  epoch: 3\n")
     with pytest.raises(ConfigError, match="train.epoch'"):
         load_config(path)
+
+
+def test_unknown_key_in_supernet_and_train_sections_of_a_yaml_file(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text("supernet:\n  epochs: 2\n  sampling: shared\n  epoch: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "unknown config key 'supernet.epoch'; allowed here:" in str(err.value)
+    path.write_text("train:\n  epochs: 2\n  sampling: shared\n")  # a supernet-only key
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "unknown config key 'train.sampling'; allowed here:" in str(err.value)
+    assert "sampling" not in str(err.value).split("allowed here:")[1]
 
 
 def test_malformed_yaml_file(tmp_path):
@@ -139,9 +159,12 @@ def test_defaults_are_filled():
                             "supernet": {"bn_affine": False, "bn_track_stats": True}}
     assert cfg["dataset"]["splits"] == {"train": 0.6, "valid": 0.2, "search": 0.2}
     assert cfg["task"]["jig"]["num_permutations"] == 1000
-    assert cfg["task"]["col"] == {"grid": 10, "bins_file": None}
+    assert cfg["task"]["col"] == {"bins": "zhang313", "grid": 10, "bins_file": None, "crop": False}
     assert cfg["study"]["seeds"] == [0, 1]
-    assert cfg["search"]["method"] == "evolution"
+    assert cfg["search"]["method"] == "evolution" and cfg["search"]["candidates"] == "rlnas"
+    assert cfg["supernet"]["sampling"] == "per_cell" and "sampling" not in cfg["train"]
+    assert cfg["supernet"]["splits"] is None and cfg["train"]["splits"] is None
+    assert cfg["supernet"]["grad_clip"] == 5.0 and cfg["train"]["amp"] is True  # the $ref'd defaults, in both
     # defaults are copies: changing one config leaves the next one alone
     cfg["study"]["seeds"].append(9)
     cfg["train"]["epochs"] = 50
@@ -179,3 +202,53 @@ def test_later_override_wins_and_overrides_beat_the_file(tmp_path):
     assert load_config(path)["seed"] == 5
     assert load_config(path, ["seed=6"])["seed"] == 6
     assert load_config(path, ["seed=6", "seed=8"])["seed"] == 8
+
+
+# ---- per-stage splits -----------------------------------------------------------------------------------
+def test_stage_splits_default_to_the_dataset_splits(cfg):
+    from nas.config import stage_dataset
+
+    base = cfg()
+    assert stage_dataset(base, "supernet") == base["dataset"] == stage_dataset(base, "train")
+    own = cfg("supernet.splits={train: 0.5, valid: 0.0, search: 0.5}", "train.splits={train: 1.0, valid: 0, search: 0}")
+    assert stage_dataset(own, "supernet")["splits"] == {"train": 0.5, "valid": 0.0, "search": 0.5}
+    assert stage_dataset(own, "train")["splits"] == {"train": 1.0, "valid": 0, "search": 0}
+    assert own["dataset"]["splits"] == {"train": 0.6, "valid": 0.2, "search": 0.2}  # left alone
+    assert {k: v for k, v in stage_dataset(own, "train").items() if k != "splits"} == \
+        {k: v for k, v in own["dataset"].items() if k != "splits"}
+
+
+def test_each_stage_loads_its_own_splits(cfg):
+    import torch
+
+    from nas.stages import _data_and_task
+
+    own = cfg("dataset.limit=200", "dataset.image_size=8", "supernet.splits={train: 0.5, valid: 0.0, search: 0.5}",
+              "train.splits={train: 1.0, valid: 0.0, search: 0.0}")
+    sizes = {}
+    for section in ("supernet", "train", None):
+        data, _ = _data_and_task(own, torch.device("cpu"), section)
+        sizes[section] = {k: len(v) for k, v in data.splits.items() if k != "test"}
+    assert sizes["supernet"] == {"train": 100, "valid": 0, "search": 100}
+    assert sizes["train"] == {"train": 200, "valid": 0, "search": 0}
+    assert sizes[None] == {"train": 120, "valid": 40, "search": 40}
+
+
+def test_a_supernet_trained_on_other_splits_is_refused(cfg, tmp_path):
+    import json
+
+    import torch
+    import yaml
+
+    from nas.stages import _load_supernet
+
+    trained = cfg("supernet.splits={train: 0.5, valid: 0.0, search: 0.5}")
+    (tmp_path / "summary.json").write_text(json.dumps({"stage": "train-supernet", "status": "complete"}))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(trained))
+    for job in (cfg(), cfg("supernet.splits={train: 0.6, valid: 0.0, search: 0.4}")):
+        with pytest.raises(ConfigError, match="other splits") as err:
+            _load_supernet(job, tmp_path, torch.device("cpu"))
+        assert "0.5" in str(err.value)
+    # the same splits pass this check (and the job stops later, at the weights this folder lacks)
+    with pytest.raises(ConfigError, match="weights"):
+        _load_supernet(cfg("supernet.splits={train: 0.5, valid: 0.0, search: 0.5}"), tmp_path, torch.device("cpu"))

@@ -1,4 +1,16 @@
-"""Evolutionary search with the RLNAS/SPOS settings: keep the top parents, mutate, cross over, refill randomly."""
+"""Evolutionary search with the RLNAS/SPOS settings: keep the top parents, mutate, cross over, refill randomly.
+
+``search.candidates`` decides which cells a generation takes in:
+
+- ``rlnas``, RLNAS's NB201 ``EvolutionTrainer`` (``random_can``, ``get_mutation``, ``get_crossover``,
+  ``legal``): the initial population and the random refills are uniform over every cell of the space;
+  a drawn cell is kept exactly when no earlier draw of this search was kept, with no other check.
+  Mutation and the random draws go on until they have their count (upstream without bound; here
+  at most ``RLNAS_DRAWS_PER_CELL`` draws per cell wanted), crossover stops after 10 x (count + 1) draws.
+- ``trainable``: only cells a single-path supernet step can reach are kept, besides never seen; the
+  initial population and the refills are drawn as a supernet step draws a cell (``space.sample``); at
+  most 10 x count draws per kind, as in SPOS.
+"""
 from __future__ import annotations
 
 import random
@@ -6,6 +18,11 @@ from typing import Any, Callable
 
 from ..spaces import Arch, SearchSpace
 from .registry import METHODS, Evaluated, Scorer
+
+# Upstream's mutation and random draws loop until they have their count; this bound only stops a
+# search that could never fill it (e.g. mutate_prob 0), far above what RLNAS's settings need.
+RLNAS_DRAWS_PER_CELL = 1000
+TRAINABLE_DRAWS_PER_CELL = 10
 
 
 def _mutate(parent: Arch, space: SearchSpace, prob: float, allow_none: bool, rng: random.Random) -> Arch:
@@ -21,24 +38,50 @@ def _crossover(a: Arch, b: Arch, rng: random.Random) -> Arch:
     return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
 
 
-def _children(count: int, make: Callable[[], Arch], space: SearchSpace, seen: set[Arch], batch: list[Arch]) -> list[Arch]:
-    """Up to ``count`` new, trainable, never-seen children; bounded tries as in SPOS (10 x count)."""
-    out: list[Arch] = []
-    for _ in range(10 * count):
-        if len(out) >= count:
-            break
-        child = make()
-        if child in seen or child in batch or child in out or not space.is_trainable(child):
-            continue
-        out.append(child)
-    return out
+class _Candidates:
+    """Draws the cells of a generation under one ``search.candidates`` rule; remembers every cell it kept."""
+
+    def __init__(self, space: SearchSpace, rule: str, rng: random.Random) -> None:
+        self.space = space
+        self.trainable_only = rule == "trainable"
+        self.rng = rng
+        self.kept: set[Arch] = set()
+
+    def _keep(self, count: int, draw: Callable[[], Arch], max_draws: int) -> list[Arch]:
+        out: list[Arch] = []
+        for _ in range(max_draws):
+            if len(out) >= count:
+                break
+            cell = draw()
+            if cell in self.kept or (self.trainable_only and not self.space.is_trainable(cell)):
+                continue
+            self.kept.add(cell)
+            out.append(cell)
+        return out
+
+    def _per_cell(self) -> int:
+        return TRAINABLE_DRAWS_PER_CELL if self.trainable_only else RLNAS_DRAWS_PER_CELL
+
+    def random(self, count: int) -> list[Arch]:
+        draw = self.space.sample if self.trainable_only else self.space.sample_uniform
+        return self._keep(count, lambda: draw(self.rng), self._per_cell() * count)
+
+    def mutations(self, count: int, parents: list[Arch], prob: float, allow_none: bool) -> list[Arch]:
+        return self._keep(count, lambda: _mutate(self.rng.choice(parents), self.space, prob, allow_none, self.rng),
+                          self._per_cell() * count)
+
+    def crossovers(self, count: int, parents: list[Arch]) -> list[Arch]:
+        # RLNAS: at most count + 1 batches of 10 draws
+        max_draws = 10 * count if self.trainable_only else 10 * (count + 1)
+        return self._keep(count, lambda: _crossover(self.rng.choice(parents), self.rng.choice(parents), self.rng),
+                          max_draws)
 
 
 @METHODS.register("evolution")
 def evolution(space: SearchSpace, fitness: Callable[[Arch], float], cfg: dict[str, Any], rng: random.Random) -> Scorer:
     scorer = Scorer(space, fitness)
-    population: list[Arch] = []
-    population.extend(_children(cfg["population"], lambda: space.sample(rng), space, set(), population))
+    candidates = _Candidates(space, cfg["candidates"], rng)
+    population = candidates.random(cfg["population"])
     parents: list[Evaluated] = []
     for generation in range(cfg["generations"]):
         for arch in population:
@@ -46,12 +89,8 @@ def evolution(space: SearchSpace, fitness: Callable[[Arch], float], cfg: dict[st
         parents = scorer.ranked(limit=cfg["parents"])
         if generation == cfg["generations"] - 1:
             break
-        seen = set(scorer.cache)
         parent_archs = [p.arch for p in parents]
-        mutated = _children(cfg["mutations"], lambda: _mutate(rng.choice(parent_archs), space, cfg["mutate_prob"],
-                                                              cfg["mutate_allow_none"], rng), space, seen, [])
-        crossed = _children(cfg["crossovers"], lambda: _crossover(rng.choice(parent_archs), rng.choice(parent_archs), rng),
-                            space, seen, mutated)
-        population = mutated + crossed
-        population += _children(cfg["population"] - len(population), lambda: space.sample(rng), space, seen, population)
+        population = candidates.mutations(cfg["mutations"], parent_archs, cfg["mutate_prob"], cfg["mutate_allow_none"])
+        population += candidates.crossovers(cfg["crossovers"], parent_archs)
+        population += candidates.random(cfg["population"] - len(population))
     return scorer

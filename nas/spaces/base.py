@@ -4,7 +4,7 @@ from __future__ import annotations
 import abc
 import random
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -13,6 +13,11 @@ from ..registry import ConfigError
 
 Arch = tuple[int, ...]
 """An architecture is a tuple of gene values; gene g takes values in range(space.choices[g])."""
+
+SupernetPath = Arch | tuple[Arch, ...]
+"""What one supernet step runs: one Arch for every cell, or one Arch per cell in network order."""
+
+SUPERNET_SAMPLING = ("per_cell", "shared")
 
 
 @dataclass(frozen=True)
@@ -28,10 +33,14 @@ class Backbone(nn.Module):
 
 
 class Supernet(Backbone):
-    """A weight-sharing network; ``forward(x, arch=...)`` runs one path, ``forward(x, mixture=...)`` all ops."""
+    """A weight-sharing network; ``forward(x, arch=...)`` runs one path, ``forward(x, mixture=...)`` all ops.
+
+    ``arch`` is one Arch (every cell runs it) or a sequence of one Arch per cell, in network order.
+    """
 
     @abc.abstractmethod
-    def forward(self, x: torch.Tensor, arch: Arch | None = None, mixture: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, arch: SupernetPath | None = None,
+                mixture: torch.Tensor | None = None) -> torch.Tensor:
         ...
 
 
@@ -66,9 +75,29 @@ class SearchSpace(abc.ABC):
     def sample(self, rng: random.Random) -> Arch:
         """Uniform single-path sample, redrawn until it is trainable."""
         while True:
-            arch = tuple(rng.randrange(n) for n in self.choices)
+            arch = self.sample_uniform(rng)
             if self.is_trainable(arch):
                 return arch
+
+    def sample_uniform(self, rng: random.Random) -> Arch:
+        """Uniform over every architecture of the space, trainable or not: one draw per gene, in gene order."""
+        return tuple(rng.randrange(n) for n in self.choices)
+
+    @property
+    @abc.abstractmethod
+    def num_cells(self) -> int:
+        """Searchable cells of the supernet (``supernet_sampler('per_cell')`` draws one architecture for each)."""
+
+    def supernet_sampler(self, sampling: str) -> Callable[[random.Random], SupernetPath]:
+        """The path of one SPOS training step: ``shared``, one ``sample`` run by every cell; ``per_cell``, one
+        ``sample`` per cell, drawn cell after cell in network order."""
+        if sampling == "shared":
+            return self.sample
+        if sampling == "per_cell":
+            cells = self.num_cells
+            return lambda rng: tuple(self.sample(rng) for _ in range(cells))
+        raise ConfigError(f"config key 'supernet.sampling': {sampling!r} is not allowed; "
+                          f"allowed: {', '.join(SUPERNET_SAMPLING)}")
 
     def sample_distinct(self, count: int, rng: random.Random) -> list[Arch]:
         if count > self.num_archs():

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import ConfigError
-from .base import Arch, ArchCost, Backbone, SearchSpace, Supernet
+from .base import Arch, ArchCost, Backbone, SearchSpace, Supernet, SupernetPath
 from .cost import count_macs, count_params
 from .registry import SPACES
 
@@ -246,14 +246,26 @@ class _Macro(nn.Module):
 
 
 class NB201Network(_Macro, Backbone):
-    """The benchmark's discrete network for one cell (BN affine, running statistics tracked)."""
+    """The discrete network for one cell.
 
-    def __init__(self, arch: Arch, in_channels: int, channels: int, cells_per_stage: int) -> None:
+    Defaults: the benchmark's own network (cells' BN affine, running statistics tracked). Zero-cost-nas
+    (Abdelfattah et al.) scores its own rebuild instead (``NB201Space.build_zero_cost_network``): cells'
+    BN without affine parameters or running statistics, so their convolutions carry a bias, and its
+    BN-free copy for synflow keeps the reduction blocks' BN (``reductions_keep_bn``: those blocks are
+    marked ``keeps_bn_when_bn_free``).
+    """
+
+    def __init__(self, arch: Arch, in_channels: int, channels: int, cells_per_stage: int,
+                 cell_bn_affine: bool = True, cell_bn_track_stats: bool = True, reductions_keep_bn: bool = False) -> None:
         self.arch = tuple(arch)
         edge_ops = [(OPS[g],) for g in arch]
         super().__init__(
-            in_channels, channels, cells_per_stage, lambda c: Cell(c, edge_ops, affine=True, track_stats=True)
+            in_channels, channels, cells_per_stage,
+            lambda c: Cell(c, edge_ops, affine=cell_bn_affine, track_stats=cell_bn_track_stats),
         )
+        for layer in self.layers:
+            if isinstance(layer, ResidualReduction):
+                layer.keeps_bn_when_bn_free = reductions_keep_bn
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._run(x, lambda cell, h: cell.forward_path(h, self.arch))
@@ -270,15 +282,26 @@ class NB201Supernet(_Macro, Supernet):
             cells_per_stage,
             lambda c: Cell(c, edge_ops, affine=bn_affine, track_stats=bn_track_stats),
         )
+        self.num_cells = sum(isinstance(layer, Cell) for layer in self.layers)
 
-    def forward(self, x: torch.Tensor, arch: Arch | None = None, mixture: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, arch: SupernetPath | None = None,
+                mixture: torch.Tensor | None = None) -> torch.Tensor:
         if (arch is None) == (mixture is None):
             raise ValueError("NB201Supernet.forward needs exactly one of arch= (one path) or mixture= (op weights)")
         if arch is not None:
-            return self._run(x, lambda cell, h: cell.forward_path(h, arch))
+            cell_archs = iter(self._cell_archs(arch))
+            return self._run(x, lambda cell, h: cell.forward_path(h, next(cell_archs)))
         if tuple(mixture.shape) != (len(EDGES), len(OPS)):
             raise ValueError(f"mixture must have shape {(len(EDGES), len(OPS))}, got {tuple(mixture.shape)}")
         return self._run(x, lambda cell, h: cell.forward_mixture(h, mixture))
+
+    def _cell_archs(self, arch: SupernetPath):
+        """One Arch per cell in network order: ``arch`` itself when it holds one per cell, else ``arch`` repeated."""
+        if not (len(arch) and isinstance(arch[0], (tuple, list))):
+            return itertools.repeat(arch, self.num_cells)
+        if len(arch) != self.num_cells:
+            raise ValueError(f"a per-cell path needs one cell per searchable cell ({self.num_cells}), got {len(arch)}")
+        return arch
 
 
 @functools.lru_cache(maxsize=1)
@@ -337,6 +360,10 @@ class NB201Space(SearchSpace):
         return _benchmark_order()[index]
 
     # ---- sampling ---------------------------------------------------------------------------------
+    @property
+    def num_cells(self) -> int:
+        return 3 * self.cells_per_stage
+
     def is_trainable(self, arch: Arch) -> bool:
         """SPOS rule of RLNAS: every node has at least one input that is not ``none``."""
         for node in range(1, NUM_NODES):
@@ -345,7 +372,11 @@ class NB201Space(SearchSpace):
         return True
 
     def sample(self, rng: random.Random) -> Arch:
-        """Uniform op per edge; a node whose inputs are all ``none`` is redrawn (RLNAS ``forward_urs``)."""
+        """Uniform op per edge; a node whose inputs are all ``none`` is redrawn (RLNAS ``forward_urs``).
+
+        Draw order as in ``forward_urs``: node 1, 2, 3; per node its input edges from node 0 up, all
+        redrawn together while every one of them is ``none``.
+        """
         arch = [0] * len(EDGES)
         for node in range(1, NUM_NODES):
             positions = [_EDGE_POS[(node, src)] for src in range(node)]
@@ -360,6 +391,11 @@ class NB201Space(SearchSpace):
     # ---- networks ---------------------------------------------------------------------------------
     def build_network(self, arch: Arch, in_channels: int) -> NB201Network:
         return NB201Network(arch, in_channels, self.channels, self.cells_per_stage)
+
+    def build_zero_cost_network(self, arch: Arch, in_channels: int) -> NB201Network:
+        """The network zero-cost-nas builds for a cell (its ``nasbench2`` model), see ``NB201Network``."""
+        return NB201Network(arch, in_channels, self.channels, self.cells_per_stage,
+                            cell_bn_affine=False, cell_bn_track_stats=False, reductions_keep_bn=True)
 
     def build_supernet(self, in_channels: int) -> NB201Supernet:
         return NB201Supernet(in_channels, self.channels, self.cells_per_stage, self.bn_affine, self.bn_track_stats)
