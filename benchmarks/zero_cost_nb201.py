@@ -3,11 +3,17 @@
 Published (Abdelfattah et al., "Zero-Cost Proxies for Lightweight NAS", ICLR 2021, Table 1), over all
 15,625 cells against 200-epoch test accuracy. For CIFAR-10 the script prints three truths: the
 `cifar10` split (trained on all 50k images) and the `cifar10-valid` split (trained on 25k) valid and
-test accuracy; the published CIFAR-10 figure matches the `cifar10-valid` split. The data-dependent proxies (snip, grad_norm, grasp,
-fisher, jacob_cov) need CIFAR / ImageNet16 images, which this machine does not have; run them with
-`nas proxies` on a machine that has the data.
+test accuracy; the published CIFAR-10 figure is against the `cifar10-valid` split's test accuracy
+(zero-cost-nas nasbench2_pred.py reads that split for CIFAR-10). Each cell is scored on the network
+`nas proxies` builds (`--network`, the config key proxies.network; default benchmark: zero-cost-nas's
+own NB201 network), initialised with seed = the cell's index. The data-dependent proxies (snip,
+grad_norm, grasp, fisher, jacob_cov) need CIFAR / ImageNet16 images, which this machine does not
+have; run them with `nas proxies` on a machine that has the data.
 
-    python benchmarks/zero_cost_nb201.py [--tables ../shared/data/nb201] [--limit N] [--workers 2]
+    python benchmarks/zero_cost_nb201.py [--tables DIR] [--limit N] [--workers 2] [--network benchmark|standalone]
+
+The ground truth is the table shipped in the package (nas/resources/nb201.csv.gz); ``--tables DIR``
+reads the published CSV files (nb201_200ep_test.csv, nb201_cifar10-valid_200ep.csv) from DIR instead.
 """
 from __future__ import annotations
 
@@ -32,13 +38,14 @@ DATASETS = {  # num_classes, image size, column of nb201_200ep_test.csv
 }
 
 
-def _score_chunk(job: tuple[list[int], list[str]]) -> list[tuple[int, str, float, int]]:
-    indices, datasets = job
+def _score_chunk(job: tuple[list[int], list[str], str]) -> list[tuple[int, str, float, int]]:
+    indices, datasets, network = job
     import torch
     from torch import nn
 
     from nas.config import load_config
     from nas.proxies import ProxyInputs
+    from nas.proxies.registry import build_proxy_backbone
     from nas.proxies.scores import synflow
     from nas.spaces import build_space
     from nas.tasks.base import LinearHead
@@ -51,35 +58,53 @@ def _score_chunk(job: tuple[list[int], list[str]]) -> list[tuple[int, str, float
         for dataset in datasets:
             classes, size, _ = DATASETS[dataset]
             torch.manual_seed(index)
-            net = nn.Sequential(space.build_network(arch, 3), LinearHead(64, classes))
+            backbone = build_proxy_backbone(space, arch, 3, "synflow", network)  # as `nas proxies` builds it
+            net = nn.Sequential(backbone, LinearHead(backbone.out_channels, classes))
             batch = ProxyInputs(torch.zeros(1, 3, size, size), torch.zeros(1, dtype=torch.int64))
             rows.append((index, dataset, synflow(net, batch), space.cost(arch, classes, 3, size).params))
     return rows
 
 
+def _truth_tables(folder: Path | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(200-epoch test accuracies, cifar10-valid valid/test accuracies), in index order, in the published columns."""
+    if folder is not None:
+        return (pd.read_csv(folder / "nb201_200ep_test.csv"), pd.read_csv(folder / "nb201_cifar10-valid_200ep.csv"))
+    from nas.groundtruth import nb201_table
+
+    table = nb201_table()
+    truth = table.rename(columns={"cifar10_test_200ep": DATASETS["cifar10"][2],
+                                  "cifar100_test_200ep": DATASETS["cifar100"][2],
+                                  "imagenet16_test_200ep": DATASETS["ImageNet16-120"][2]})
+    valid = table.rename(columns={"cifar10valid_valid_200ep": "valid-accuracy", "cifar10valid_test_200ep": "test-accuracy"})
+    return truth, valid
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tables", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/nb201")
+    parser.add_argument("--tables", type=Path, default=None,
+                        help="folder of the published CSV tables (default: the packaged table)")
     parser.add_argument("--limit", type=int, default=None, help="score a seeded sample of this many cells")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--scores", type=Path, help="also write every cell's scores to this CSV")
+    parser.add_argument("--network", choices=["benchmark", "standalone"], default="benchmark",
+                        help="the network scored, as the config key proxies.network")
     args = parser.parse_args()
-    truth = pd.read_csv(args.tables / "nb201_200ep_test.csv")
+    truth, valid_split = _truth_tables(args.tables)
     indices = list(range(len(truth)))
     if args.limit:
         indices = sorted(np.random.RandomState(0).choice(indices, args.limit, replace=False).tolist())
     started = time.time()
     chunks = [indices[i::args.workers * 8] for i in range(args.workers * 8)]
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
-        rows = [row for part in pool.map(_score_chunk, [(c, args.datasets) for c in chunks]) for row in part]
+        rows = [row for part in pool.map(_score_chunk, [(c, args.datasets, args.network) for c in chunks])
+                for row in part]
     wall = time.time() - started
     scores = pd.DataFrame(rows, columns=["index", "dataset", "synflow", "params"])
     if args.scores:
         scores.to_csv(args.scores, index=False)
-    print(f"NB201, {len(indices)} cells, {args.workers} worker(s), wall time {wall:.0f} s")
+    print(f"NB201, {len(indices)} cells, {args.network} network, {args.workers} worker(s), wall time {wall:.0f} s")
     print(f"{'dataset':<16}{'proxy':<10}{'ours |rho|':>12}{'published':>11}{'diff':>8}   truth")
-    valid_split = pd.read_csv(args.tables / "nb201_cifar10-valid_200ep.csv")
     for dataset in args.datasets:
         part = scores[scores.dataset == dataset].set_index("index").sort_index()
         truths = {DATASETS[dataset][2]: truth.loc[part.index, DATASETS[dataset][2]].to_numpy()}

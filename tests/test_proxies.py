@@ -1,6 +1,7 @@
 """Zero-cost proxies against hand computations on tiny networks, and the ground-truth table adapter."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -57,6 +58,37 @@ def test_synflow_ignores_batchnorm_and_signs():
     assert score_network("synflow", net, batch) == pytest.approx(expected, rel=1e-9)
 
 
+class _Reduction(nn.Sequential):
+    """Marked as zero-cost-nas's NB201 reduction blocks are: their BN stays in synflow's BN-free copy."""
+
+    keeps_bn_when_bn_free = True
+
+
+def test_synflow_by_hand_on_the_network_zero_cost_nas_builds():
+    # stem-like conv with bias and a non-affine BN (removed), then a reduction whose BN stays, in training mode
+    torch.manual_seed(4)
+    conv1, conv2, fc = nn.Conv2d(1, 2, 3, padding=1), nn.Conv2d(2, 2, 3, stride=2, padding=1, bias=False), nn.Linear(2, 3)
+    net = nn.Sequential(conv1, nn.BatchNorm2d(2, affine=False, track_running_stats=False), nn.ReLU(),
+                        _Reduction(conv2, nn.BatchNorm2d(2)), nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    with torch.no_grad():
+        net[3][1].weight.uniform_(-2, 2)  # negative BN scales and shifts: made non-negative as well
+        net[3][1].bias.uniform_(-1, 1)
+    w1, b1, w2, w3, b3 = (t.detach().double().abs().requires_grad_(True)
+                          for t in (conv1.weight, conv1.bias, conv2.weight, fc.weight, fc.bias))
+    gamma, beta = (t.detach().double().abs() for t in (net[3][1].weight, net[3][1].bias))
+    ones = torch.ones(1, 1, 6, 6, dtype=torch.float64)
+    c = nn.functional.conv2d(nn.functional.relu(nn.functional.conv2d(ones, w1, b1, padding=1)), w2, stride=2, padding=1)
+    mean, var = c.mean(dim=(0, 2, 3), keepdim=True), c.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    bn = (c - mean) / torch.sqrt(var + 1e-5) * gamma.view(1, -1, 1, 1) + beta.view(1, -1, 1, 1)
+    r = nn.functional.linear(bn.mean(dim=(2, 3)), w3, b3).sum()
+    grads = torch.autograd.grad(r, [w1, w2, w3])
+    expected = float(sum((w * g).abs().sum() for w, g in zip((w1, w2, w3), grads)).detach())
+    batch = ProxyInputs(torch.randn(2, 1, 6, 6), torch.zeros(2, dtype=torch.int64))
+    assert score_network("synflow", net, batch) == pytest.approx(expected, rel=1e-10)
+    net[3].keeps_bn_when_bn_free = False  # that BN removed too: another score
+    assert score_network("synflow", net, batch) != pytest.approx(expected, rel=1e-3)
+
+
 def test_grasp_by_hand(linear):
     net, batch = linear
     w = net[1].weight
@@ -72,8 +104,30 @@ def test_fisher_by_hand(linear):
     out = net(batch.inputs)
     out.retain_grad()
     nn.functional.cross_entropy(out, batch.targets).backward()
-    expected = float(0.5 * (out * out.grad).pow(2).mean(0).sum().detach())
+    # each output unit's value counted once per weight it owns: 4 inputs
+    expected = float(0.5 * (out * out.grad).pow(2).mean(0).sum().detach()) * 4
     assert score_network("fisher", net, batch) == pytest.approx(expected, rel=1e-6)
+
+
+def test_fisher_counts_each_channel_once_per_weight_it_owns():
+    """Conv (bias) -> BN without affine parameters -> ReLU -> pool -> linear, as zero-cost-nas builds NB201 cells."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    fc = nn.Linear(3, 4)
+    net = nn.Sequential(conv, nn.BatchNorm2d(3, affine=False, track_running_stats=False), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), fc)
+    x, y = torch.randn(5, 2, 4, 4), torch.tensor([0, 1, 2, 3, 0])
+    a1 = nn.functional.conv2d(x, conv.weight, conv.bias, padding=1)
+    h = nn.functional.relu(nn.functional.batch_norm(a1, None, None, training=True)).mean(dim=(2, 3))
+    a2 = nn.functional.linear(h, fc.weight, fc.bias)
+    g1, g2 = torch.autograd.grad(nn.functional.cross_entropy(a2, y), [a1, a2])
+    per_channel_conv = 0.5 * (a1 * g1).sum(dim=(2, 3)).pow(2).mean(0)  # 3 channels
+    per_unit_fc = 0.5 * (a2 * g2).pow(2).mean(0)  # 4 units
+    expected = float(per_channel_conv.sum().detach() * (2 * 3 * 3) + per_unit_fc.sum().detach() * 3)
+    unspread = float((per_channel_conv.sum() + per_unit_fc.sum()).detach())
+    score = score_network("fisher", net, ProxyInputs(x, y))
+    assert score == pytest.approx(expected, rel=1e-5)
+    assert score != pytest.approx(unspread, rel=0.1)
 
 
 def test_jacob_cov_by_hand():
@@ -96,6 +150,96 @@ def test_naswot_counts_agreeing_relus():
     k = codes @ codes.T + (1 - codes) @ (1 - codes).T  # [[3,1,1],[1,3,1],[1,1,3]]
     assert k.tolist() == [[3, 1, 1], [1, 3, 1], [1, 1, 3]]
     assert score_network("naswot", net, batch) == pytest.approx(math.log(20.0), rel=1e-9)  # det = 20
+
+
+# ---- the network scored and the minibatch -----------------------------------------------------------
+ALL_CONVS = (3, 2, 3, 3, 2, 3)  # every edge a convolution, every node reachable
+
+
+def _cell_convs(net):
+    from nas.spaces.nb201 import Cell, ReLUConvBN
+
+    return [op for layer in net.layers if isinstance(layer, Cell) for edge in layer.edges for op in edge.values()
+            if isinstance(op, ReLUConvBN)]
+
+
+def test_zero_cost_network_is_built_as_zero_cost_nas_builds_it(cfg):
+    from nas.proxies.scores import _without_batchnorm
+    from nas.spaces import build_space
+    from nas.spaces.nb201 import ResidualReduction
+
+    space = build_space(cfg(["space.channels=4", "space.cells_per_stage=1"])["space"])
+    for net, cell_affine in ((space.build_zero_cost_network(ALL_CONVS, 3), False), (space.build_network(ALL_CONVS, 3), True)):
+        ops = _cell_convs(net)
+        assert len(ops) == 18
+        for _, conv, bn in ops:  # nasbench2_ops.ReLUConvBN: conv bias = not affine
+            assert (bn.affine, bn.track_running_stats, conv.bias is None) == (cell_affine, cell_affine, cell_affine)
+        assert net.stem[0].bias is None and net.stem[1].affine and net.lastact[0].affine
+        reductions = [layer for layer in net.layers if isinstance(layer, ResidualReduction)]
+        assert len(reductions) == 2
+        for block in reductions:  # nasbench2_ops.reduction: always affine BN, convolutions without bias
+            assert all(m.affine and m.track_running_stats for m in block.modules() if isinstance(m, nn.BatchNorm2d))
+            assert all(m.bias is None for m in block.modules() if isinstance(m, nn.Conv2d))
+            assert block.keeps_bn_when_bn_free is not cell_affine
+        left = [m for m in _without_batchnorm(copy.deepcopy(net)).modules() if isinstance(m, nn.BatchNorm2d)]
+        assert len(left) == (0 if cell_affine else 4)  # zero-cost-nas's bn=False copy keeps the reductions' BN
+
+
+def test_proxies_network_option(cfg):
+    from nas.proxies.registry import build_proxy_backbone
+    from nas.registry import ConfigError
+    from nas.spaces import build_space
+    from nas.tasks.base import LinearHead
+
+    config = cfg(["space.channels=4", "space.cells_per_stage=1"])
+    assert config["proxies"]["network"] == "benchmark"
+    space = build_space(config["space"])
+
+    def cell_bn_affine(proxy, network):
+        return _cell_convs(build_proxy_backbone(space, ALL_CONVS, 3, proxy, network))[0][2].affine
+
+    assert not cell_bn_affine("synflow", "benchmark") and not cell_bn_affine("snip", "benchmark")
+    assert cell_bn_affine("naswot", "benchmark")  # NASWOT scores the NB201 API's network, the stand-alone one
+    assert cell_bn_affine("synflow", "standalone") and cell_bn_affine("naswot", "standalone")
+    batch = ProxyInputs(torch.zeros(1, 3, 8, 8), torch.zeros(1, dtype=torch.int64))
+    scores = {}
+    for network in ("benchmark", "standalone"):
+        torch.manual_seed(0)
+        backbone = build_proxy_backbone(space, ALL_CONVS, 3, "synflow", network)
+        scores[network] = score_network("synflow", nn.Sequential(backbone, LinearHead(backbone.out_channels, 10)), batch)
+    assert scores["benchmark"] != pytest.approx(scores["standalone"], rel=1e-3)
+    with pytest.raises(ConfigError, match="proxies.network.*'supernet'.*allowed: benchmark, standalone"):
+        build_proxy_backbone(space, ALL_CONVS, 3, "synflow", "supernet")
+
+
+def test_each_proxy_sees_its_papers_default_batch(cfg):
+    from nas.proxies.registry import batch_setting
+
+    proxies = cfg()["proxies"]
+    assert batch_setting(proxies, "naswot") == (128, False)  # nas-without-training: --batch_size 128, --augtype none
+    for name in ("snip", "grad_norm", "grasp", "fisher", "jacob_cov", "synflow"):
+        assert batch_setting(proxies, name) == (64, True)  # zero-cost-nas: --batch_size 64, its training loader
+
+
+@pytest.mark.slow
+def test_nas_proxies_scores_the_configured_network(tmp_path):
+    from jobs import nas, read_rows, write_config
+
+    config = write_config(tmp_path)
+    nas("sample", "--config", str(config), "--out", str(tmp_path / "sample"))
+    rows = {}
+    for network in ("benchmark", "standalone"):
+        out = tmp_path / network
+        nas("proxies", "--config", str(config), "--archs", str(tmp_path / "sample" / "archs.json"), "--out", str(out),
+            f"proxies.network={network}", "proxies.names=[synflow,snip,naswot]")
+        rows[network] = read_rows(out / "proxies.csv")
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["inputs"]["network"] == network
+        assert summary["inputs"]["batch_sizes"] == {"synflow": 64, "snip": 64, "naswot": 128}
+    pairs = list(zip(rows["benchmark"], rows["standalone"]))
+    assert len(pairs) == 4
+    assert all(a["naswot"] == b["naswot"] for a, b in pairs)  # the same network either way
+    assert all(a["synflow"] != b["synflow"] and a["snip"] != b["snip"] for a, b in pairs)
 
 
 # ---- ground truth ----------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """The zero-cost proxies of Abdelfattah et al. (ICLR 2021) and Mellor et al. (NASWOT), one function each.
 
-Conventions (as in those papers' code): weights of Conv2d/Linear layers only; one minibatch; BN in
-training mode, except synflow, which is data-free and runs without BN (BN as identity), in float64,
-on |weights| with an all-ones input.
+As in those papers' code (SamsungLabs/zero-cost-nas foresight/pruners, BayesWatch/nas-without-training):
+weights of Conv2d/Linear layers only, summed over layers; one minibatch; the network in training mode
+(BN normalises with the batch's statistics). Synflow is data-free: a BN-free copy of the network, in
+float64, on |parameters| with one all-ones input.
 """
 from __future__ import annotations
 
@@ -60,14 +61,19 @@ def grasp(net: nn.Module, batch: ProxyInputs) -> float:
 
 @PROXIES.register("fisher")
 def fisher(net: nn.Module, batch: ProxyInputs) -> float:
-    """Fisher information of each layer's output channels: 0.5 * mean over images of (sum_hw a * dL/da)^2."""
+    """Per output channel k of every layer, 0.5 * mean over images of (sum_hw a_k * dL/da_k)^2, a = the layer's
+    output (bias included); each channel counted once per weight it owns (prod(weight.shape[1:]) times).
+
+    The count is zero-cost-nas's: it spreads each channel's value over that channel's weights before
+    summing the per-weight array, so a channel of a 3x3 convolution over C inputs weighs 9*C.
+    """
     net.train()
     net.zero_grad()
-    outputs: list[torch.Tensor] = []
+    outputs: dict[nn.Module, list[torch.Tensor]] = {}
 
-    def keep(_layer, _inp, out):
+    def keep(layer, _inp, out):
         out.retain_grad()
-        outputs.append(out)
+        outputs.setdefault(layer, []).append(out)
 
     handles = [layer.register_forward_hook(keep) for layer in weighted_layers(net)]
     try:
@@ -77,11 +83,13 @@ def fisher(net: nn.Module, batch: ProxyInputs) -> float:
             handle.remove()
     total = 0.0
     with torch.no_grad():
-        for act in outputs:
-            if act.grad is None:
-                continue
-            per_channel = (act * act.grad).sum(dim=(2, 3)) if act.dim() == 4 else act * act.grad
-            total += float(0.5 * per_channel.pow(2).mean(dim=0).sum())
+        for layer, acts in outputs.items():
+            per_channel = torch.zeros(layer.weight.shape[0], dtype=torch.float64, device=layer.weight.device)
+            for act in acts:
+                if act.grad is not None:
+                    g = (act * act.grad).sum(dim=tuple(range(2, act.dim()))) if act.dim() > 2 else act * act.grad
+                    per_channel += 0.5 * g.double().pow(2).mean(dim=0)
+            total += float(per_channel.abs().sum()) * layer.weight[0].numel()
     return total
 
 
@@ -129,22 +137,28 @@ def naswot(net: nn.Module, batch: ProxyInputs) -> float:
 
 
 def _without_batchnorm(net: nn.Module) -> nn.Module:
+    """BN layers replaced by identities, except inside modules marked ``keeps_bn_when_bn_free``."""
     for name, child in list(net.named_children()):
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
             setattr(net, name, nn.Identity())
-        else:
+        elif not getattr(child, "keeps_bn_when_bn_free", False):
             _without_batchnorm(child)
     return net
 
 
 @PROXIES.register("synflow")
 def synflow(net: nn.Module, batch: ProxyInputs) -> float:
-    """SynFlow (data-free): sum |w * dR/dw|, R = sum of the outputs of the BN-free, |w| network on ones, in float64."""
+    """SynFlow (data-free): sum |w * dR/dw|, R = sum of the outputs of the BN-free, |w| network on ones, in float64.
+
+    BN-free as zero-cost-nas builds it: without BN, except where a module keeps it (their NB201 network's
+    reduction blocks); what BN remains normalises in training mode with the one image's statistics.
+    Every tensor of the state dict is made non-negative, biases and BN parameters included.
+    """
     net = _without_batchnorm(net).double()
-    net.eval()
+    net.train()
     with torch.no_grad():
-        for param in net.parameters():
-            param.abs_()
+        for tensor in net.state_dict().values():
+            tensor.abs_()
     net.zero_grad()
     shape = (1, *batch.inputs.shape[1:])
     net(torch.ones(shape, dtype=torch.float64, device=batch.inputs.device)).sum().backward()
