@@ -1,4 +1,5 @@
-"""Ground truth for architectures: a published table mapped by config, or the official NATS-Bench file.
+"""Ground truth for architectures: the NAS-Bench-201 table shipped with the package, a published table
+mapped by config, or the official NATS-Bench file.
 
 Benchmark semantics are the user's explicit choice and are recorded with every result: which split
 (``cifar10-valid`` vs ``cifar10``), which training length (``hp`` 12 vs 200 epochs), and seed-mean vs
@@ -6,6 +7,7 @@ one random seed (``is_random``); see shared/reference/nb201-gdas-darts.md, sec. 
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,57 @@ import pandas as pd
 
 from .registry import ConfigError
 from .spaces import SearchSpace
+
+# Built by tools/build_nb201_table.py; sources and rounding in nas/resources/README.md.
+NB201_TABLE = Path(__file__).resolve().parent / "resources" / "nb201.csv.gz"
+# Every metric of the packaged table: NB201 accuracy (%), mean over the benchmark's seeds (is_random=False).
+NB201_METRICS = {
+    "cifar10_test_200ep": "cifar10 (trained on all 50k images), ori-test, 200 epochs (RLNAS's CIFAR-10 truth)",
+    "cifar100_test_200ep": "cifar100, x-test, 200 epochs",
+    "imagenet16_test_200ep": "ImageNet16-120, x-test, 200 epochs",
+    "cifar10valid_valid_200ep": "cifar10-valid (trained on 25k), x-valid (the other 25k), 200 epochs",
+    "cifar10valid_test_200ep": "cifar10-valid (trained on 25k), ori-test, 200 epochs",
+    "cifar10_test_12ep": "cifar10, ori-test, 12 epochs",
+    "cifar10valid_valid_12ep": "cifar10-valid, x-valid, 12 epochs",
+    "cifar100_test_12ep": "cifar100, x-test, 12 epochs",
+    "cifar100_valid_12ep": "cifar100, x-valid, 12 epochs",
+    "imagenet16_test_12ep": "ImageNet16-120, x-test, 12 epochs",
+    "imagenet16_valid_12ep": "ImageNet16-120, x-valid, 12 epochs",
+}
+# What source nb201 compares with when ground_truth.metrics is empty: the three truths of RLNAS's
+# transfer_robustness.py (200-epoch test accuracy on each benchmark dataset).
+NB201_DEFAULT_METRICS = ("cifar10_test_200ep", "cifar100_test_200ep", "imagenet16_test_200ep")
+
+
+@functools.lru_cache(maxsize=1)
+def _nb201_table() -> pd.DataFrame:
+    if not NB201_TABLE.is_file():
+        raise ConfigError(f"ground_truth.source 'nb201': the packaged table {str(NB201_TABLE)!r} is missing; "
+                          "reinstall the package or rebuild it with tools/build_nb201_table.py")
+    return pd.read_csv(NB201_TABLE)
+
+
+def nb201_table() -> pd.DataFrame:
+    """The packaged NAS-Bench-201 table: index, arch (cell string) and every column of ``NB201_METRICS``."""
+    return _nb201_table().copy()
+
+
+def from_nb201(cfg: dict[str, Any], space: SearchSpace) -> pd.DataFrame:
+    if space.name != "nb201":
+        raise ConfigError(f"ground_truth.source 'nb201' holds NAS-Bench-201 cells; space {space.name!r} is not nb201")
+    if cfg["path"]:
+        raise ConfigError(f"ground_truth.path: {cfg['path']!r} is not read by source 'nb201' (the packaged table); "
+                          "use source 'table' for a file of your own")
+    metrics = cfg["metrics"] or {name: name for name in NB201_DEFAULT_METRICS}
+    unknown = sorted(col for col in metrics.values() if col not in NB201_METRICS)
+    if unknown:
+        raise ConfigError(f"ground_truth.metrics: {', '.join(map(repr, unknown))} not in the packaged NB201 table; "
+                          f"its metrics: {', '.join(NB201_METRICS)}")
+    table = nb201_table()
+    out = table[["index", "arch"]].copy()
+    for name, column in metrics.items():
+        out[name] = table[column].to_numpy()
+    return out
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -74,13 +127,14 @@ def from_nats_bench(cfg: dict[str, Any], space: SearchSpace) -> pd.DataFrame:
 def load_ground_truth(cfg: dict[str, Any], space: SearchSpace) -> tuple[pd.DataFrame, str]:
     """(table with columns index, arch and one column per metric, the name of the truth metric)."""
     if cfg["source"] == "none":
-        raise ConfigError("ground_truth.source is 'none'; set it to 'table' or 'nats_bench'")
-    if cfg["source"] == "table":
+        raise ConfigError("ground_truth.source is 'none'; set it to 'nb201', 'table' or 'nats_bench'")
+    if cfg["source"] in ("nb201", "table"):
         truth = cfg["truth"]
-        if truth not in cfg["metrics"]:
+        named = list(cfg["metrics"]) or (list(NB201_DEFAULT_METRICS) if cfg["source"] == "nb201" else [])
+        if truth not in named:
             raise ConfigError(f"ground_truth.truth: {truth!r} is not one of the metrics named in ground_truth.metrics "
-                              f"({', '.join(cfg['metrics'])})")
-        table = from_table(cfg, space)
+                              f"({', '.join(named)})")
+        table = from_nb201(cfg, space) if cfg["source"] == "nb201" else from_table(cfg, space)
     else:
         table = from_nats_bench(cfg, space)
         nats = cfg["nats_bench"]

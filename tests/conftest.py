@@ -1,4 +1,4 @@
-"""Shared fixtures: the published NAS-Bench-201 tables, space configs, tiny dataset descriptions, configs."""
+"""Shared fixtures: the packaged NAS-Bench-201 table in the published layouts, space configs, datasets, configs."""
 from __future__ import annotations
 
 import copy
@@ -15,8 +15,20 @@ from nas.data import DatasetInfo
 # tests/jobs.py (job helpers) is importable from every test folder, tests/faults included.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# The published tables live beside the repository (../shared/data/nb201) and are never copied into it.
-NB201_TABLES = Path(__file__).resolve().parents[2] / "shared/data/nb201"
+# The three published NB201 tables the packaged one is built from (tools/build_nb201_table.py):
+# file name -> {column: packaged column}, in the files' own column names and row order.
+NB201_LAYOUTS = {
+    "nb201_200ep_test.csv": {"CIFAR10TestAccuracy200Epochs": "cifar10_test_200ep",
+                             "CIFAR100TestAccuracy200Epochs": "cifar100_test_200ep",
+                             "ImageNetTestAccuracy200Epochs": "imagenet16_test_200ep", "ArchitectureString": "arch"},
+    "nb201_cifar10-valid_200ep.csv": {"index": "index", "arch_str": "arch",
+                                      "valid-accuracy": "cifar10valid_valid_200ep",
+                                      "test-accuracy": "cifar10valid_test_200ep"},
+    "nb201_12ep.csv": {"arch": "index", "cellstr": "arch", "cifar10-test": "cifar10_test_12ep",
+                       "cifar10-val": "cifar10valid_valid_12ep", "cifar100-test": "cifar100_test_12ep",
+                       "cifar100-val": "cifar100_valid_12ep", "imagenet-test": "imagenet16_test_12ep",
+                       "imagenet-val": "imagenet16_valid_12ep"},
+}
 
 _SPACE_CFG = {
     "name": "nb201",
@@ -38,11 +50,17 @@ def single_thread():
 
 
 @pytest.fixture(scope="session")
-def nb201_tables() -> Path:
-    """Folder of the published NAS-Bench-201 CSV tables; the test is skipped when it is absent."""
-    if not NB201_TABLES.is_dir():
-        pytest.skip(f"published NAS-Bench-201 tables not found at {NB201_TABLES} (../shared/data/nb201 beside the repo)")
-    return NB201_TABLES
+def nb201_tables(tmp_path_factory) -> Path:
+    """A folder of the packaged NAS-Bench-201 table written out in the published tables' layouts
+    (``NB201_LAYOUTS``: file names, columns, row order), for tests written against those files."""
+    from nas.groundtruth import nb201_table
+
+    folder = tmp_path_factory.mktemp("nb201_tables")
+    table = nb201_table()
+    for filename, columns in NB201_LAYOUTS.items():
+        table.rename(columns={ours: theirs for theirs, ours in columns.items()})[list(columns)].to_csv(
+            folder / filename, index=False)
+    return folder
 
 
 @pytest.fixture

@@ -32,6 +32,15 @@ def test_pipeline_rand_supernet_score_search_train(tmp_path):
     assert [int(r["index"]) for r in scores] == [a["index"] for a in archs]
     assert all(0.0 < float(r["angle"]) < 3.1416 for r in scores)
     assert all(0.0 <= float(r["supernet_acc"]) <= 100.0 for r in scores)
+    # in shards: the same rows, split in order (2 + 2 of the 4 cells)
+    shards = []
+    for shard in ("0/2", "1/2"):
+        out = tmp_path / f"score{shard[0]}"
+        nas("score", *common, "task.name=rand", "--supernet", str(tmp_path / "sn"),
+            "--archs", str(tmp_path / "sample" / "archs.json"), "--shard", shard, "--out", str(out))
+        shards.append(read_rows(out / "scores.csv"))
+        assert json.loads((out / "summary.json").read_text())["inputs"]["shard"] == shard
+    assert [len(rows) for rows in shards] == [2, 2] and shards[0] + shards[1] == scores
 
     nas("search", *common, "task.name=rand", "search.fitness=angle", "--supernet", str(tmp_path / "sn"),
         "--out", str(tmp_path / "search"))

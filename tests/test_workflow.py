@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -101,33 +104,66 @@ def test_malformed_study_is_rejected_before_any_job(tmp_path, monkeypatch, chang
 def test_default_and_paper_configs_plan(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     for name in ("configs/default.yaml", "configs/studies/unnas_nb201_cifar10.yaml",
-                 "configs/studies/rlnas_nb201_cifar.yaml"):
+                 "configs/studies/rlnas_nb201_cifar.yaml", "configs/studies/nb201_groundtruth.yaml"):
         config = yaml.safe_load((REPO / name).read_text())
         config["results_dir"] = str(tmp_path / "results")
         run_workflow(tmp_path, config, dryrun=True)
 
 
 @pytest.mark.slow
-def test_ground_truth_study_end_to_end(tmp_path, monkeypatch, nb201_tables):
+def test_ground_truth_study_end_to_end(tmp_path, monkeypatch):
+    """The packaged NB201 truth (the default source), scores in shards, the angle search's pick in the figure."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config = json.loads(json.dumps(dict(TINY_STUDY, results_dir=str(tmp_path / "results"))))
-    config["study"].update({"tasks": [], "supernet_tasks": ["rand"], "fitnesses": [], "zero_cost": True,
-                            "proxy_shard_size": 3})
+    config["study"].update({"tasks": [], "supernet_tasks": ["rand"], "fitnesses": ["angle"], "zero_cost": True,
+                            "proxy_shard_size": 3, "score_shard_size": 4})
     config["sample"] = {"num_archs": 6, "trainable_only": False}
     config["proxies"] = {"batch_size": 8, "names": ["params", "synflow", "snip", "naswot"]}
-    config["ground_truth"] = {"source": "table", "path": str(nb201_tables / "nb201_200ep_test.csv"),
-                              "cell_column": "ArchitectureString",
-                              "metrics": {"c10": "CIFAR10TestAccuracy200Epochs"}, "truth": "c10"}
     run_workflow(tmp_path, config)
     study = tmp_path / "results" / "tiny"
     zero_cost = pd.read_csv(study / "tables" / "zero_cost.csv")
     assert len(zero_cost) == 6 and {"params", "synflow", "snip", "naswot"} <= set(zero_cost.columns)
-    corr = pd.read_csv(study / "groundtruth" / "correlations" / "correlations.csv")
+    score = study / "score" / "nb201" / "mnist5k" / "rand" / "seed0"
+    assert [len(pd.read_csv(score / f"shard{i}" / "scores.csv")) for i in (0, 1)] == [3, 3]
+    archs = json.loads((study / "archs" / "nb201" / "archs.json").read_text())["archs"]
+    assert sorted(pd.read_csv(study / "tables" / "proxies.csv")["index"]) == sorted(a["index"] for a in archs)
+    out = study / "groundtruth" / "correlations"
+    corr = pd.read_csv(out / "correlations.csv")
     assert {"params", "synflow", "snip", "naswot", "angle:rand", "supernet_acc:rand"} <= set(corr.proxy)
-    assert {"spearman", "kendall", "top10_precision"} == set(corr.method)
-    for name in ("proxies_vs_truth.png", "tau_per_proxy.png", "proxies_vs_truth.pdf", "tau_per_proxy.pdf"):
-        assert (study / "groundtruth" / "correlations" / name).stat().st_size > 1000
+    assert {"spearman", "kendall", "kendall_rlnas", "top10_precision"} == set(corr.method)
+    assert set(corr.truth) == {"cifar10_test_200ep", "cifar100_test_200ep", "imagenet16_test_200ep"}
+    for name in ("proxies_vs_truth", "tau_per_proxy", "angle_vs_truth_mnist5k_rand_seed0"):
+        for suffix in (".png", ".pdf"):
+            assert (out / f"{name}{suffix}").stat().st_size > 1000
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["inputs"]["searches"]) == 1  # the angle search whose pick the figure marks
     assert not (study / "figures").exists()  # no stand-alone tasks: no study figures were asked for
+
+
+def plan(workdir: Path, config: dict) -> dict[str, int]:
+    """Jobs per rule of a dry run (``snakemake -n --quiet rules``)."""
+    configfile = workdir / "study.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+                             "--configfile", str(configfile), "-n", "--quiet", "rules", "--cores", "2"],
+                            capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                 if k != "MLFLOW_TRACKING_URI"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()]
+    return {row[0]: int(row[1]) for row in rows if len(row) == 2 and row[1].isdigit()}
+
+
+def test_every_cell_is_scored_in_shards_while_the_sample_trains(tmp_path):
+    """study.score_archs: all (RLNAS cal_correlation.py) scores all 15,625 cells in parallel jobs; stand-alone
+    training keeps the sampled list."""
+    config = json.loads(json.dumps(dict(TINY_STUDY, results_dir=str(tmp_path / "results"))))
+    config["study"].update({"fitnesses": ["angle"], "score_archs": "all", "score_shard_size": 4000})
+    jobs = plan(tmp_path, config)
+    assert jobs["score_shard"] == 4 and jobs["sample_all"] == 1  # ceil(15625 / 4000) on the one supernet
+    assert jobs["train_shard"] == 2 * 3 and jobs["correlate_truth"] == 1  # 6 sampled cells in shards of 4, 3 tasks
+    config["study"].update({"score_archs": "sampled", "score_shard_size": 4})
+    jobs = plan(tmp_path, config)
+    assert jobs["score_shard"] == 2 and "sample_all" not in jobs
 
 
 def test_empty_grid_is_rejected(tmp_path, monkeypatch):

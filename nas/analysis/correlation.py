@@ -7,7 +7,34 @@ import numpy as np
 from scipy import stats
 
 METHODS = ("spearman", "kendall")
-TRUTH_METHODS = ("spearman", "kendall", "top10_precision")
+TRUTH_METHODS = ("spearman", "kendall", "kendall_rlnas", "top10_precision")
+
+
+def rank_list(values: np.ndarray) -> np.ndarray:
+    """RLNAS ranks: 1 for the largest value, ties ranked in the order the values come in (first = better).
+
+    Upstream (nas_bench_201/exps/algos/cal_correlation.py, ``cal_kendall_tau``) sorts a dict of
+    architecture -> value with Python's stable ``sorted(..., reverse=True)`` and numbers the result
+    1, 2, ...; the dict's order is the order the architectures were enumerated in.
+    """
+    order = np.argsort(-np.asarray(values, dtype=float), kind="stable")
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(1, len(order) + 1)
+    return ranks
+
+
+def kendall_rlnas(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Kendall tau as RLNAS computes it: scipy's tau of the two tie-free rank lists of ``rank_list``.
+
+    Every tie is broken by the order of the pairs as given, the same way in ``x`` and in ``y``, so a
+    pair tied in both counts as concordant (scipy's tau-b leaves it out). Pairs whose ``x`` is NaN are
+    dropped first, as upstream drops architectures whose score is NaN (it never sees a NaN accuracy;
+    a NaN ``y`` is dropped too). Returns (tau, p-value).
+    """
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = ~(np.isnan(x) | np.isnan(y))
+    result = stats.kendalltau(rank_list(y[keep]), rank_list(x[keep]))
+    return float(result.statistic), float(result.pvalue)
 
 
 def top_precision(x: np.ndarray, y: np.ndarray, fraction: float = 0.1) -> float:
@@ -29,6 +56,8 @@ def coefficient(x: np.ndarray, y: np.ndarray, method: str) -> tuple[float, float
         result = stats.spearmanr(x, y)
     elif method == "kendall":
         result = stats.kendalltau(x, y)
+    elif method == "kendall_rlnas":
+        return kendall_rlnas(x, y)
     else:
         raise ValueError(f"unknown correlation method {method!r}; allowed: {', '.join(TRUTH_METHODS)}")
     return float(result.statistic), float(result.pvalue)

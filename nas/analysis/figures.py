@@ -183,3 +183,60 @@ def tau_bars(corr: pd.DataFrame, out_dir: Path) -> list[Path]:
     ax.tick_params(axis="x", rotation=45)
     fig.tight_layout()
     return _save(fig, out_dir, "tau_per_proxy")
+
+
+def _tau_text(corr: pd.DataFrame, dataset: str, proxy: str, seed: str, metric: str) -> str:
+    rows = corr[(corr.dataset == dataset) & (corr.proxy == proxy) & (corr.seed == seed) & (corr.truth == metric)]
+    coef = {r.method: r.coef for r in rows.itertuples()}
+    return (f"tau-b {coef.get('kendall', float('nan')):.3f}, "
+            f"tau (RLNAS ranks) {coef.get('kendall_rlnas', float('nan')):.3f}, n = {rows.n.max() if len(rows) else 0}")
+
+
+def angle_vs_truth(angles: pd.DataFrame, corr: pd.DataFrame, truth: pd.DataFrame, metrics: list[str],
+                   searched: pd.DataFrame, out_dir: Path, zoom_share: float = 0.05) -> list[Path]:
+    """RLNAS ``transfer_robustness.py``: the angle of every scored cell against its ground-truth accuracy.
+
+    One figure per supernet (dataset, task, seed), one column per truth metric; the top row shows every
+    cell, the bottom row the ``zoom_share`` of cells with the largest angles (the red box above). The cell
+    of largest angle is marked (upstream's highlight); so is the best cell of the angle search on the same
+    supernet, when the study ran one. Titles give Kendall tau-b and tau by RLNAS's rank lists.
+    """
+    paths: list[Path] = []
+    truth = truth.set_index("index")
+    for (dataset, proxy, seed), group in angles.groupby(["dataset", "proxy", "seed"]):
+        task = proxy.split(":", 1)[1]
+        group = group[group["index"].isin(truth.index)]
+        if group.empty:
+            continue
+        found = searched[(searched.dataset == dataset) & (searched.task == task) & (searched.seed == seed)]
+        top = group.loc[group["value"].idxmax()]
+        cutoff = group.value.quantile(1 - zoom_share)
+        fig, axes = _grid(2, len(metrics), size=3.6)
+        for k, metric in enumerate(metrics):
+            acc = truth.loc[group["index"], metric].to_numpy()
+            zoomed = group.value.to_numpy() >= cutoff
+            for row, ax in enumerate((axes[0][k], axes[1][k])):
+                ax.scatter(group.value, acc, s=3, alpha=0.35, color="tab:blue", label="scored cells")
+                ax.scatter([top["value"]], [truth.loc[int(top["index"]), metric]], s=60, color="tab:orange",
+                           edgecolor="black", zorder=3, label="largest angle")
+                if len(found):
+                    ax.scatter(found.angle, truth.loc[found["index"], metric], marker="*", s=180, color="crimson",
+                               edgecolor="black", zorder=4, label="angle search's best")
+                ax.set_xlabel("angle (rad)", fontsize=8)
+                ax.set_ylabel(f"{metric} (%)", fontsize=8)
+            in_zoom = found[found.angle >= cutoff]
+            picked = np.concatenate([acc[zoomed], truth.loc[in_zoom["index"], metric].to_numpy()])
+            x_low, x_high = cutoff, max(group.value.max(), in_zoom.angle.max() if len(in_zoom) else -np.inf)
+            y_low, y_high = picked.min(), picked.max()
+            x_pad, y_pad = 0.05 * (x_high - x_low) or 1e-3, 0.05 * (y_high - y_low) or 0.5
+            axes[1][k].set_xlim(x_low - x_pad, x_high + x_pad)
+            axes[1][k].set_ylim(y_low - y_pad, y_high + y_pad)
+            axes[0][k].add_patch(plt.Rectangle((x_low - x_pad, y_low - y_pad), x_high - x_low + 2 * x_pad,
+                                               y_high - y_low + 2 * y_pad, edgecolor="red", fill=False))
+            axes[0][k].set_title(f"{dataset}, supernet on {task}, seed {seed} vs {metric}\n"
+                                 f"{_tau_text(corr, dataset, proxy, str(seed), metric)}", fontsize=7)
+            axes[1][k].set_title(f"the {zoom_share:.0%} of cells with the largest angles", fontsize=7)
+        axes[0][0].legend(fontsize=6, loc="lower right")
+        fig.tight_layout()
+        paths += _save(fig, out_dir, f"angle_vs_truth_{dataset}_{task}_seed{seed}")
+    return paths

@@ -17,7 +17,7 @@ rule collect_standalone:
 
 rule collect_proxies:
     input:
-        expand_grid(run_dir("score", "scores.csv"), SUPERNET_TASKS),
+        expand_grid(run_dir("score", "shard{shard}", "scores.csv"), SUPERNET_TASKS, shard=range(NUM_SCORE_SHARDS)),
     output:
         f"{RESULTS}/tables/proxies.csv",
     params:

@@ -31,7 +31,16 @@ REFERENCE = STUDY["reference_task"]
 NUM_SHARDS = math.ceil(config["sample"]["num_archs"] / STUDY["shard_size"])
 ZERO_COST = STUDY["zero_cost"]
 NUM_PROXY_SHARDS = math.ceil(config["sample"]["num_archs"] / STUDY["proxy_shard_size"])
+SCORE_ALL = STUDY["score_archs"] == "all"
+SCORE_ARCHS = f"{RESULTS}/archs{'_all' if SCORE_ALL else ''}/{{space}}/archs.json"
 GROUND_TRUTH = config["ground_truth"]["source"] != "none"
+if SCORE_ALL:
+    from nas.spaces import build_space as _build_space
+
+    NUM_SCORED = _build_space(config["space"]).num_archs()
+else:
+    NUM_SCORED = config["sample"]["num_archs"]
+NUM_SCORE_SHARDS = math.ceil(NUM_SCORED / STUDY["score_shard_size"])
 
 # ---- checks that must fail before any job starts ------------------------------------------------
 if not TASKS and not SUPERNET_TASKS and not ZERO_COST:
@@ -72,7 +81,7 @@ for _dataset in DATASETS:
                 f"config key 'study.task_overrides' or 'study.dataset_overrides' ({_task} on {_dataset}): {err}"
             )
 
-if GROUND_TRUTH and config["ground_truth"]["source"] == "table":
+if GROUND_TRUTH and config["ground_truth"]["source"] in ("nb201", "table"):
     from nas.groundtruth import load_ground_truth
     from nas.spaces import build_space
 

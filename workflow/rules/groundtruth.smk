@@ -62,6 +62,10 @@ rule correlate_truth:
         standalone=f"{RESULTS}/tables/standalone.csv" if TASKS else [],
         proxies=f"{RESULTS}/tables/proxies.csv" if SUPERNET_TASKS else [],
         zero_cost=f"{RESULTS}/tables/zero_cost.csv" if ZERO_COST else [],
+        # the angle searches' picks are marked in the angle-vs-truth figure (RLNAS transfer_robustness)
+        searches=expand_grid(run_dir("search", "angle", "summary.json"), SUPERNET_TASKS)
+        if "angle" in FITNESSES
+        else [],
     output:
         summary=f"{RESULTS}/groundtruth/correlations/summary.json",
     params:
@@ -72,8 +76,12 @@ rule correlate_truth:
             for name in ("standalone", "proxies", "zero_cost")
             if getattr(input, name)
         ),
+        searches=lambda w, input: (
+            "--searches " + " ".join(os.path.dirname(p) for p in input.searches) if input.searches else ""
+        ),
     log:
         f"{RESULTS}/logs/correlate_truth.log",
     localrule: True
     shell:
-        "{params.cmd} --truth $(dirname {input.truth}) {params.tables} --out $(dirname {output.summary}) > {log} 2>&1"
+        "{params.cmd} --truth $(dirname {input.truth}) {params.tables} {params.searches}"
+        " --out $(dirname {output.summary}) > {log} 2>&1"

@@ -1,25 +1,27 @@
-# Score the sampled architectures on each supernet, and search it with each fitness.
+# Score the sampled architectures (or, with study.score_archs: all, every cell of the space) on each
+# supernet in shards of study.score_shard_size, and search it with each fitness.
 
 
-rule score:
+rule score_shard:
     input:
         tracking=ancient(TRACKING),
         supernet=run_dir("supernet", "summary.json"),
-        archs=f"{RESULTS}/archs/{{space}}/archs.json",
+        archs=SCORE_ARCHS,
     output:
-        scores=run_dir("score", "scores.csv"),
-        summary=run_dir("score", "summary.json"),
+        scores=run_dir("score", "shard{shard}", "scores.csv"),
+        summary=run_dir("score", "shard{shard}", "summary.json"),
     params:
-        cmd=nas_command("score", "score"),
+        cmd=nas_command("score", "score_shard"),
         settings=settings("score"),
+        shards=NUM_SCORE_SHARDS,
     threads: 1
     resources:
         gpu=1,
     log:
-        run_dir("logs", "score.log"),
+        run_dir("logs", "score_shard{shard}.log"),
     shell:
         "{params.cmd} threads={threads} --supernet $(dirname {input.supernet}) --archs {input.archs}"
-        " --out $(dirname {output.summary}) > {log} 2>&1"
+        " --shard {wildcards.shard}/{params.shards} --out $(dirname {output.summary}) > {log} 2>&1"
 
 
 rule search:
