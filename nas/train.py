@@ -23,6 +23,7 @@ from .spaces import Arch
 from .tasks import Task
 
 CHECKPOINT_FORMAT = 1
+EVAL_STREAM, PRECISE_BN_STREAM = 0, 1  # purposes of the per-epoch generators (see stream_seed)
 
 
 class TaskModel(nn.Module):
@@ -103,20 +104,59 @@ def evaluate(model: TaskModel, data: ImageData, split: str, batch_size: int, dev
 
 @torch.no_grad()
 def recalibrate_bn(model: TaskModel, data: ImageData, split: str, batch_size: int, batches: int,
-                   device: torch.device, arch: Arch | None, seed: int) -> None:
-    """Reset BN running statistics and re-estimate them for ``arch`` (cumulative average)."""
+                   device: torch.device, arch: Arch | None, seed: int, augment: bool = False,
+                   variance: str = "within", amp: bool = False) -> None:
+    """Re-estimate BN running statistics for ``arch`` from ``batches`` shuffled batches of ``split``, in train mode.
+
+    Each BN layer's mean becomes the mean of the batch means. Its variance: ``within``, the mean of the
+    unbiased batch variances (PyTorch's cumulative average); ``total``, that plus the spread of the batch
+    means, mean(var + mean^2) - mean(mean)^2 (pycls ``compute_precise_bn_stats``, as UnNAS has it).
+    ``augment`` prepares the batches as training does. Batch order and augmentation come from a generator
+    seeded with ``seed``; the momentum of every layer is restored afterwards.
+    """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    batches = min(batches, math.ceil(len(data.splits[split]) / batch_size))  # as pycls: at most the loader's length
     if not norms or batches == 0:
         return
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None
+    momenta = [norm.momentum for norm in norms]
+    if variance == "within":
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None
+    elif variance == "total":
+        for norm in norms:
+            norm.momentum = 1.0  # running statistics = the last batch's
+        means = [torch.zeros_like(norm.running_mean) for norm in norms]
+        squares = [torch.zeros_like(norm.running_var) for norm in norms]
+    else:
+        raise ValueError(f"unknown BN variance estimate {variance!r}; expected 'within' or 'total'")
     model.train()
     generator = torch.Generator().manual_seed(seed)
     for images, labels, ids in iterate_batches(data, split, batch_size, shuffle=True, generator=generator,
                                                max_batches=batches):
-        inputs, _ = model.task.prepare(images.float() / 255.0, labels, ids, train=False, generator=generator)
-        model(inputs, arch=arch)
+        inputs, _ = model.task.prepare(images.float() / 255.0, labels, ids, train=augment, generator=generator)
+        with _autocast(device, amp):
+            model(inputs, arch=arch)
+        if variance == "total":
+            for norm, mean, square in zip(norms, means, squares):
+                mean += norm.running_mean / batches
+                square += (norm.running_var + norm.running_mean * norm.running_mean) / batches
+    if variance == "total":
+        for norm, mean, square in zip(norms, means, squares):
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(square - mean * mean)
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+
+
+def precise_bn_batches(images: int, batch_size: int, train_images: int) -> int:
+    """pycls's number of precise-BN batches: int(images / batch_size), at most the epoch's full batches."""
+    return min(images // batch_size, train_images // batch_size)
+
+
+def stream_seed(seed: int, epoch: int, stream: int) -> int:
+    """A seed of its own for (job seed, epoch, purpose): the same numbers whether or not the job was resumed."""
+    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
 
 
 def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
@@ -172,6 +212,13 @@ class Trainer:
         self.path_rng = random.Random(seed)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
+        self._check_precise_bn()
+
+    def _check_precise_bn(self) -> None:
+        images, batch_size = self.cfg["precise_bn_images"], self.cfg["batch_size"]
+        if 0 < images < batch_size:
+            raise ConfigError(f"precise_bn_images {images} is less than one batch of {batch_size}; "
+                              "use 0 (off) or at least batch_size images")
 
     def _steps_per_epoch(self) -> int:
         count = len(self.data.splits["train"]) // self.cfg["batch_size"]
@@ -272,8 +319,16 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **self._train_epoch(epoch)}
             if self.path_sampler is None or self.eval_arch is not None:
+                if self.cfg["precise_bn_images"]:
+                    batches = precise_bn_batches(self.cfg["precise_bn_images"], self.cfg["batch_size"],
+                                                 len(self.data.splits["train"]))
+                    recalibrate_bn(self.model, self.data, "train", self.cfg["batch_size"], batches, self.device,
+                                   self.eval_arch, stream_seed(self.seed, epoch, PRECISE_BN_STREAM), augment=True,
+                                   variance="total", amp=self.cfg["amp"])
+                # a seed per epoch: random evaluation inputs (jig's tiles) are drawn anew at each evaluation
                 evaluated = evaluate(self.model, self.data, self.cfg["eval_split"], self.cfg["batch_size"], self.device,
-                                     arch=self.eval_arch, seed=self.seed, amp=self.cfg["amp"])
+                                     arch=self.eval_arch, seed=stream_seed(self.seed, epoch, EVAL_STREAM),
+                                     amp=self.cfg["amp"])
                 record.update({"eval_loss": evaluated["loss"], "eval_acc": evaluated["acc"]})
             self.history.append(record)
             atomic_torch_save(self._state(epoch + 1), self.checkpoint)

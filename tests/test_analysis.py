@@ -82,6 +82,32 @@ def test_proxy_frame_and_correlation_table():
     assert set(heat.method) == {"spearman", "kendall"}
 
 
+def test_seed_means_use_only_architectures_present_in_every_seed():
+    """UnNAS figs/fig234.py: the seed-mean is over the architectures every run has (the intersection)."""
+    rows = []
+    for task in ("cls", "rot"):
+        for seed in (1, 2, 3):
+            for a in range(6):
+                if (task, seed, a) in {("cls", 3, 4), ("rot", 2, 1)}:
+                    continue  # a training that did not finish
+                rows.append({"space": "nb201", "dataset": "d", "task": task, "seed": seed, "index": a,
+                             "eval_acc_best": 10.0 * a + seed + (task == "rot"), "eval_acc_final": 0.0,
+                             "params": a, "flops": a})
+    standalone = pd.DataFrame(rows)
+    standalone.loc[(standalone.task == "rot") & (standalone.seed == 3) & (standalone["index"] == 5),
+                   "eval_acc_best"] = np.nan
+    long = tables.proxy_frame(standalone, None, "cls", "best")
+    mean = long[(long.seed == -1) & (long.proxy == "standalone:rot")].set_index("index")
+    # rot: arch 1 lacks seed 2 and arch 5's seed-3 value is undefined; arch 4 has no cls reference (seed 3 missing)
+    assert sorted(mean.index) == [0, 2, 3]
+    assert mean.loc[2, "value"] == pytest.approx(20 + 2 + 1)  # (21 + 22 + 23) / 3 + 1
+    assert mean.loc[3, "reference"] == pytest.approx(32.0)
+    # per seed, the architectures of that seed that have a reference
+    assert sorted(long[(long.seed == 1) & (long.proxy == "standalone:rot")]["index"]) == [0, 1, 2, 3, 5]
+    values = tables.proxy_values(standalone, None, None, "best")
+    assert sorted(values[(values.seed == -1) & (values.proxy == "standalone:cls")]["index"]) == [0, 1, 2, 3, 5]
+
+
 def test_top10_precision_by_hand():
     x = np.arange(20.0)
     y = np.arange(20.0)
@@ -100,3 +126,32 @@ def test_undefined_proxy_values_are_left_out_and_counted():
     corr = tables.correlation_table(long, n_resamples=0, seed=0)
     spearman = corr[corr.method == "spearman"].iloc[0]
     assert spearman.n == 5 and spearman.coef == pytest.approx(1.0)
+
+
+# ---- RLNAS's Kendall tau (cal_correlation.py: tie-free rank lists) ---------------------------------
+def test_rlnas_rank_list_breaks_ties_in_the_given_order():
+    # descending, stable: the first of two equal values gets the better (smaller) rank
+    assert correlation.rank_list(np.array([1.0, 1.0, 2.0, 0.0])).tolist() == [2, 3, 1, 4]
+
+
+@pytest.mark.parametrize("x, y, rlnas, tau_b", [
+    # x ties cells 0 and 1; y orders them as the given order does. By hand: ranks x [2,3,1,4], y [2,3,1,4],
+    # all 6 pairs concordant -> 1. tau-b leaves the x-tied pair out: 5 / sqrt((6-1)(6-0)) = 5/sqrt(30).
+    ([1, 1, 2, 0], [2, 1, 3, 0], 1.0, 5 / np.sqrt(30)),
+    # the same tie, y against the given order: ranks y [3,2,1,4], one discordant pair -> (5-1)/6.
+    ([1, 1, 2, 0], [1, 2, 3, 0], 4 / 6, 5 / np.sqrt(30)),
+    # cells 0 and 1 tied in both: RLNAS counts the pair concordant, ranks x [2,3,1], y [1,2,3] -> (1-2)/3;
+    # tau-b: the two other pairs discordant, -2 / sqrt((3-1)(3-1)) = -1.
+    ([1, 1, 2], [1, 1, 0], -1 / 3, -1.0),
+])
+def test_kendall_rlnas_differs_from_tau_b_on_ties(x, y, rlnas, tau_b):
+    x, y = np.array(x, dtype=float), np.array(y, dtype=float)
+    assert correlation.coefficient(x, y, "kendall_rlnas")[0] == pytest.approx(rlnas, abs=1e-12)
+    assert correlation.coefficient(x, y, "kendall")[0] == pytest.approx(tau_b, abs=1e-12)
+
+
+def test_kendall_rlnas_drops_nan_scores_and_equals_tau_b_without_ties(pairs):
+    x, y = pairs
+    assert correlation.kendall_rlnas(x, y)[0] == pytest.approx(stats.kendalltau(x, y).statistic, abs=1e-12)
+    with_nan = np.append(x, np.nan), np.append(y, 100.0)
+    assert correlation.kendall_rlnas(*with_nan) == correlation.kendall_rlnas(x, y)

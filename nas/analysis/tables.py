@@ -41,13 +41,28 @@ def search_outcomes(retrain_tables: Iterable[str | Path]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def seed_means(long: pd.DataFrame, group: list[str]) -> pd.DataFrame:
+    """Mean ``value`` over seeds per (``group``, index), for the architectures with a value in every seed of their group.
+
+    An architecture missing from one seed (a training that did not finish, an undefined value) gets no mean,
+    as UnNAS's figs/fig234.py keeps only the architectures present in every run: a mean over fewer seeds
+    would not be comparable with the others.
+    """
+    seeds = long.groupby(group)["seed"].nunique().rename("group_seeds")
+    valued = long.dropna(subset=["value"])
+    means = valued.groupby(group + ["index"], as_index=False).agg(value=("value", "mean"), seeds=("seed", "nunique"))
+    means = means.join(seeds, on=group)
+    return means[means.seeds == means.group_seeds].drop(columns=["seeds", "group_seeds"])
+
+
 def proxy_values(standalone: pd.DataFrame | None, proxies: pd.DataFrame | None, zero_cost: pd.DataFrame | None,
                  acc_epoch: str, exclude_task: str | None = None) -> pd.DataFrame:
     """Long table (space, dataset, seed, index, proxy, value) of every proxy the study computed.
 
     Stand-alone accuracy of each task (but ``exclude_task``), supernet accuracy and angle of each
     supernet task, zero-cost scores; parameters and FLOPs from the zero-cost table, else from the
-    stand-alone results. A seed-mean row (seed = -1) is added for each proxy and architecture.
+    stand-alone results. A seed-mean row (seed = -1) is added for each proxy and each architecture that
+    has a value in every seed of that proxy (``seed_means``).
     """
     acc = f"eval_acc_{acc_epoch}"
     parts = []
@@ -69,16 +84,17 @@ def proxy_values(standalone: pd.DataFrame | None, proxies: pd.DataFrame | None, 
     if not parts:
         raise ValueError("the study computed no proxies")
     long = pd.concat(parts, ignore_index=True)
-    mean = long.groupby(["space", "dataset", "index", "proxy"], as_index=False)["value"].mean().assign(seed=-1)
+    mean = seed_means(long, ["space", "dataset", "proxy"]).assign(seed=-1)
     return pd.concat([long, mean[KEYS + ["proxy", "value"]]], ignore_index=True)
 
 
 def proxy_frame(standalone: pd.DataFrame, proxies: pd.DataFrame | None, reference_task: str,
                 acc_epoch: str, zero_cost: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Every proxy with its ``reference``: the stand-alone ``reference_task`` accuracy averaged over seeds (UnNAS)."""
+    """Every proxy with its ``reference``: the stand-alone ``reference_task`` accuracy averaged over seeds (UnNAS),
+    for the architectures trained in every seed."""
     acc = f"eval_acc_{acc_epoch}"
-    ref = (standalone[standalone.task == reference_task].groupby(["space", "dataset", "index"])[acc].mean()
-           .rename("reference"))
+    runs = standalone[standalone.task == reference_task].rename(columns={acc: "value"})
+    ref = seed_means(runs, ["space", "dataset"]).set_index(["space", "dataset", "index"])["value"].rename("reference")
     if ref.empty:
         raise ValueError(f"no stand-alone results for the reference task {reference_task!r}")
     long = proxy_values(standalone, proxies, zero_cost, acc_epoch, exclude_task=reference_task)

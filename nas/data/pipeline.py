@@ -8,6 +8,8 @@ import torch.nn.functional as F
 
 from .datasets import DatasetInfo, ImageData
 
+AUGMENT_STYLES = ("torchvision", "pycls")
+
 
 def iterate_batches(
     data: ImageData,
@@ -30,28 +32,47 @@ def iterate_batches(
         yield data.images[batch], data.labels[batch], batch
 
 
-def augment(images: torch.Tensor, info: DatasetInfo, generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, per image, as batched tensor ops.
+def augment(images: torch.Tensor, info: DatasetInfo, generator: torch.Generator, crop: bool = True,
+            style: str = "torchvision") -> torch.Tensor:
+    """Random crop with padding (when ``crop``) and random horizontal flip, per image, as batched tensor ops.
 
     ``images`` is float in [0, 1]; the random draws come from the CPU ``generator`` so that a resumed
     job draws the same numbers on any device. Crop and flip are one gather from the padded batch: a
     pixel is copied, never computed, so the result is exactly that of cropping and then flipping.
+
+    ``style`` is the pad-and-crop of a seed's code. ``torchvision`` (``RandomCrop(padding=p)`` on the
+    image, then ``ToTensor`` and ``Normalize``): a black border, crop offsets 0..2p, crop then flip.
+    ``pycls`` (UnNAS's ``prepare_im`` on CIFAR: normalise, flip, then ``random_crop`` with zero padding):
+    the border is the normalised 0, i.e. the dataset mean here before normalising; offsets
+    ``randint(0, 2p)`` = 0..2p-1; flip before crop, which as crop-then-flip mirrors the column offset
+    to 2p - x (1..2p) on flipped images.
     """
+    if style not in AUGMENT_STYLES:
+        raise ValueError(f"unknown augmentation style {style!r}; expected one of {AUGMENT_STYLES}")
     batch, channels, height, width = images.shape
-    pad = info.crop_padding
+    pad = info.crop_padding if crop else 0
     if pad == 0 and not info.flip:
         return images
     # The draws (crop rows, crop columns, then flips) and their order define what a seed means.
+    span = 2 * pad + (1 if style == "torchvision" else 0)
     no_offset = torch.zeros(batch, dtype=torch.int64)
-    offset_y = torch.randint(0, 2 * pad + 1, (batch,), generator=generator) if pad > 0 else no_offset
-    offset_x = torch.randint(0, 2 * pad + 1, (batch,), generator=generator) if pad > 0 else no_offset
+    offset_y = torch.randint(0, span, (batch,), generator=generator) if pad > 0 else no_offset
+    offset_x = torch.randint(0, span, (batch,), generator=generator) if pad > 0 else no_offset
     flip = torch.rand(batch, generator=generator) < 0.5 if info.flip else torch.zeros(batch, dtype=torch.bool)
+    if style == "pycls":
+        offset_x = torch.where(flip, 2 * pad - offset_x, offset_x)
     padded_width = width + 2 * pad
     columns = torch.arange(width)
     # a flipped image reads its crop's columns right to left
     cols = offset_x[:, None] + torch.where(flip[:, None], columns.flip(0), columns)
     rows = offset_y[:, None] + torch.arange(height)
     index = (rows[:, :, None] * padded_width + cols[:, None, :]).view(batch, 1, height * width).to(images.device)
-    padded = F.pad(images, (pad, pad, pad, pad)) if pad > 0 else images
+    if pad > 0 and style == "pycls":
+        # the dataset mean is what normalising maps to 0; pixels are copied, so the interior stays exact
+        fill = torch.tensor(info.mean, dtype=images.dtype, device=images.device).view(1, channels, 1, 1)
+        padded = fill.expand(batch, channels, height + 2 * pad, padded_width).clone()
+        padded[:, :, pad:pad + height, pad:pad + width] = images
+    else:
+        padded = F.pad(images, (pad, pad, pad, pad)) if pad > 0 else images
     flat = padded.reshape(batch, channels, -1)
     return flat.gather(2, index.expand(batch, channels, height * width)).view(batch, channels, height, width)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import DatasetInfo
+from ..data import DatasetInfo, augment
 from ..registry import ConfigError, Registry
 
 TASKS: Registry = Registry("task")
@@ -37,6 +37,9 @@ class Task(abc.ABC):
     name: str
     metric_name = "top1"
     requires_rgb = False
+    # Training augmentation: the dataset's flip always, its pad-and-crop only where ``crop`` (UnNAS on
+    # CIFAR: cls and rot flip and crop, col and jig only flip).
+    crop = True
 
     def __init__(self, cfg: dict[str, Any], info: DatasetInfo, seed: int) -> None:
         self.check(info)
@@ -60,6 +63,10 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def prepare(self, images: torch.Tensor, labels: torch.Tensor, ids: torch.Tensor, train: bool,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def augment(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """This task's training augmentation of images in [0, 1] (``task.crop_style`` picks the seed's pad-and-crop)."""
+        return augment(images, self.info, generator, crop=self.crop, style=self.cfg["crop_style"])
 
     def build_head(self, feature_channels: int) -> nn.Module:
         return LinearHead(feature_channels, self.num_outputs)

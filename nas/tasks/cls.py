@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from ..data import augment
 from .base import TASKS, Task, normalize
 
 
@@ -17,7 +16,7 @@ class Classification(Task):
 
     def prepare(self, images, labels, ids, train, generator):
         if train:
-            images = augment(images, self.info, generator)
+            images = self.augment(images, generator)
         return normalize(images, self.info), self.targets(labels, ids)
 
     def targets(self, labels: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -1,20 +1,21 @@
 """UnNAS colorization: L channel in, hard nearest-bin target over quantised ab, per-pixel cross-entropy.
 
-Default bins: every point of the ab grid of spacing ``col.grid`` that is the nearest grid point
+Bins (``task.col.bins``): ``zhang313``, the 313 ab bins of Zhang et al. that UnNAS uses
+(``pts_in_hull.npy``, shipped here as ``nas/resources/ab_gamut_313.csv``); ``srgb_gamut``, every
+point of the ab grid of spacing ``task.col.grid`` that is the nearest grid point
 (``round(ab / grid) * grid``) of at least one of the 256^3 8-bit sRGB colours (D65, CIE Lab as in
-kornia). With grid 10 that rule gives 261 bins. UnNAS used the 313 bins of Zhang et al.'s
-``pts_in_hull.npy``; pass that file as ``task.col.bins_file`` to reproduce it exactly.
+kornia; 261 bins with grid 10); ``file``, the (K, 2) array of ``task.col.bins_file``.
 """
 from __future__ import annotations
 
 import functools
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..data import augment
 from ..registry import ConfigError
 from .base import TASKS, Task
 
@@ -40,6 +41,17 @@ def gamut_bins(grid: float) -> torch.Tensor:
     a = torch.div(occupied + 2048, 4096, rounding_mode="floor")
     b = occupied - a * 4096
     return torch.stack([a, b], dim=1).to(torch.float32) * grid
+
+
+ZHANG_GRID = 10.0  # the spacing of the ab grid the 313 bins lie on
+
+
+@functools.lru_cache(maxsize=1)
+def zhang_bins() -> torch.Tensor:
+    """(313, 2) ab bin centres of Zhang et al.'s ``pts_in_hull.npy``, in its order."""
+    text = resources.files("nas").joinpath("resources/ab_gamut_313.csv").read_text()
+    bins = np.loadtxt(text.splitlines(), delimiter=",", skiprows=1, dtype=np.float32)
+    return torch.from_numpy(bins)
 
 
 def load_bins(path: str) -> torch.Tensor:
@@ -163,8 +175,21 @@ class Colorization(Task):
     def __init__(self, cfg, info, seed):
         super().__init__(cfg, info, seed)
         col = cfg["col"]
-        self.bins = load_bins(col["bins_file"]) if col["bins_file"] else gamut_bins(float(col["grid"]))
-        self.bin_index = BinIndex(self.bins, float(col["grid"]))
+        kind, path = col["bins"], col["bins_file"]
+        if (kind == "file") != (path is not None):
+            raise ConfigError(
+                f"task.col.bins_file is {path!r} and task.col.bins is {kind!r}: a bins file is read exactly "
+                "when task.col.bins is 'file' (zhang313, srgb_gamut or file)"
+            )
+        if kind == "zhang313":
+            self.bins, grid = zhang_bins(), ZHANG_GRID
+        elif kind == "srgb_gamut":
+            grid = float(col["grid"])
+            self.bins = gamut_bins(grid)
+        else:
+            self.bins, grid = load_bins(path), float(col["grid"])
+        self.bin_index = BinIndex(self.bins, grid)
+        self.crop = bool(col["crop"])
         # UnNAS normalises L/100 with the mean of the RGB channel statistics.
         self.l_mean = float(np.mean(info.mean))
         self.l_std = float(np.mean(info.std))
@@ -180,8 +205,8 @@ class Colorization(Task):
         return len(self.bins)
 
     def prepare(self, images, labels, ids, train, generator):
-        if train:
-            images = augment(images, self.info, generator)
+        if train:  # before Lab, so the target is flipped with the input (UnNAS flips the RGB image)
+            images = self.augment(images, generator)
         lab = rgb_to_lab(images)
         inputs = (lab[:, :1] / 100.0 - self.l_mean) / self.l_std
         return inputs, self.bin_index(lab[:, 1:])
@@ -190,5 +215,6 @@ class Colorization(Task):
         return ColorizationHead(feature_channels, self.num_outputs, (self.info.image_size, self.info.image_size))
 
     def describe(self):
-        return {**super().describe(), "num_bins": self.num_outputs,
-                "bins": self.cfg["col"]["bins_file"] or f"srgb-gamut-grid{self.cfg['col']['grid']}"}
+        col = self.cfg["col"]
+        bins = {"zhang313": "zhang313", "srgb_gamut": f"srgb-gamut-grid{col['grid']}", "file": col["bins_file"]}
+        return {**super().describe(), "num_bins": self.num_outputs, "bins": bins[col["bins"]]}

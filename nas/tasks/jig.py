@@ -1,8 +1,14 @@
 """UnNAS jigsaw: tiles of a g x g grid shuffled by one of a fixed set of permutations; predict which.
 
 2x2 grid with all 24 permutations for small images, 3x3 with a maximal-Hamming permutation set for
-large ones. Each tile is a random crop (centre crop at evaluation) of ``tile_ratio`` of its grid cell,
-normalised on its own; a shared trunk embeds every tile and the features are concatenated in slot order.
+large ones. Each tile is a random crop of ``tile_ratio`` of its grid cell; a shared trunk embeds every
+tile and the features are concatenated in slot order.
+
+By default as UnNAS's ``prepare_jig``: training flips (no pad-and-crop) and turns 30 % of the images
+gray with scikit-image's ``rgb2gray`` weights; every image is normalised with the dataset statistics,
+then each tile with one mean and (population) standard deviation over all its channels and pixels.
+Evaluation draws tile offsets and the permutation at random as training does. The ``task.jig`` keys
+restore the project's earlier choices one by one.
 """
 from __future__ import annotations
 
@@ -14,11 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import augment
 from ..registry import ConfigError
-from .base import TASKS, Task
+from .base import TASKS, Task, normalize
 
 AUTO_GRID_THRESHOLD = 64  # images smaller than this use a 2x2 grid (UnNAS: CIFAR 2x2, ImageNet 3x3)
+# Luma of a gray image: scikit-image's rgb2gray (UnNAS), or ITU-R BT.601 (the project's earlier choice)
+GRAY_WEIGHTS = {"skimage": (0.2125, 0.7154, 0.0721), "rec601": (0.299, 0.587, 0.114)}
 
 
 @functools.lru_cache(maxsize=8)
@@ -70,8 +77,12 @@ class Jigsaw(Task):
             )
         self.permutations = permutation_set(self.grid, int(jig["num_permutations"]), int(jig["permutation_seed"]))
         self.gray_prob = float(jig["gray_prob"]) if info.channels == 3 else 0.0
+        self.gray_weights = GRAY_WEIGHTS[jig["gray_weights"]]
+        self.tile_norm = jig["tile_norm"]
+        self.test_offsets = jig["test_offsets"]
         self.test_perm = jig["test_perm"]
-        # Evaluation permutations fixed per image, so the metric does not move between evaluations.
+        self.crop = bool(jig["crop"])
+        # task.jig.test_perm fixed: one permutation per image for every evaluation (a steadier metric than UnNAS's).
         fixed = torch.Generator().manual_seed(seed + 7_919)
         self.eval_perm = torch.randint(len(self.permutations), (info.num_images,), generator=fixed)
 
@@ -88,28 +99,41 @@ class Jigsaw(Task):
         batch = images.shape[0]
         gray = None
         if train:
-            images = augment(images, self.info, generator)
+            images = self.augment(images, generator)
             if self.gray_prob > 0:
                 gray = (torch.rand(batch, generator=generator) < self.gray_prob).to(device)
         slack = self.cell - self.tile
-        if train:
+        if train or self.test_offsets == "random":
             offsets = torch.randint(0, slack + 1, (batch, self.num_tiles, 2), generator=generator)
-            perm_index = torch.randint(len(self.permutations), (batch,), generator=generator)
         else:
             offsets = torch.full((batch, self.num_tiles, 2), slack // 2, dtype=torch.int64)
-            if self.test_perm == "fixed":
-                perm_index = self.eval_perm[ids.cpu()]
-            else:
-                perm_index = torch.randint(len(self.permutations), (batch,), generator=generator)
+        if train or self.test_perm == "redraw":
+            perm_index = torch.randint(len(self.permutations), (batch,), generator=generator)
+        else:
+            perm_index = self.eval_perm[ids.cpu()]
         tiles = self._placed_tiles(images, offsets, self.permutations[perm_index])
-        if gray is not None:  # per pixel, so the same on the tiles as on the whole image, on less data
-            luma = (tiles * torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 1, 3, 1, 1)).sum(2, True)
+        # Gray and the dataset normalisation act per pixel: the same on the tiles as on the whole image (UnNAS's
+        # order: gray, then normalisation), on less data.
+        if gray is not None:
+            weights = torch.tensor(self.gray_weights, device=device).view(1, 1, 3, 1, 1)
+            luma = (tiles * weights).sum(2, True)
             tiles = torch.where(gray[:, None, None, None, None], luma.expand_as(tiles), tiles)
-        # Each tile standardised on its own (unbiased std), two-pass; torch.std_mean over the two
-        # trailing dims is ~8x slower on the CPU than a mean and a norm.
+        return self._standardised(tiles), perm_index.to(device)
+
+    def _standardised(self, tiles: torch.Tensor) -> torch.Tensor:
+        """Each tile of (B, T, C, t, t) brought to zero mean and unit standard deviation, as ``task.jig.tile_norm`` says."""
+        if self.tile_norm == "tile":
+            # UnNAS: after the dataset normalisation, one np.mean / np.std (ddof 0) over the whole tile
+            tiles = normalize(tiles.flatten(0, 1), self.info).view_as(tiles)
+            centered = tiles - tiles.mean(dim=(2, 3, 4), keepdim=True)
+            std = torch.linalg.vector_norm(centered, dim=(2, 3, 4), keepdim=True) / math.sqrt(tiles.shape[2] * self.tile * self.tile)
+            # a constant tile has std 0: UnNAS divides by it (NaN); here it stays all zeros
+            return centered / torch.where(std > 0, std, torch.ones_like(std))
+        # per channel (unbiased std, + 1e-5), two-pass; torch.std_mean over the two trailing dims is ~8x slower
+        # on the CPU than a mean and a norm
         centered = tiles - tiles.mean(dim=(3, 4), keepdim=True)
         std = torch.linalg.vector_norm(centered, dim=(3, 4), keepdim=True) / math.sqrt(self.tile * self.tile - 1)
-        return centered / (std + 1e-5), perm_index.to(device)
+        return centered / (std + 1e-5)
 
     def _placed_tiles(self, images: torch.Tensor, offsets: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """(B, T, C, t, t): slot slots[b, k] holds the crop at ``offsets[b, k]`` inside grid cell k.

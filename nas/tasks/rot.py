@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from ..data import augment
 from .base import TASKS, Task, normalize
 
 
@@ -24,6 +23,6 @@ class Rotation(Task):
 
     def prepare(self, images, labels, ids, train, generator):
         if train:
-            images = augment(images, self.info, generator)
+            images = self.augment(images, generator)
         # Normalising is per channel, so doing it before the rotations gives the same values on 4x less data.
         return all_rotations(normalize(images, self.info))
