@@ -9,6 +9,12 @@ from .cls import Classification
 
 
 def random_labels(num_images: int, num_classes: int, seed: int) -> torch.Tensor:
+    """Label of image i = ``RandomState(seed).randint(0, num_classes, num_images)[i]``: RLNAS's draw.
+
+    On ImageNet16-120 RLNAS draws ``randint(1, 121)`` and its ImageNet16 loader subtracts 1 from every
+    label it serves; that is the same stream shifted by one, so these labels equal the ones its
+    120-output classifier is trained on (tests/test_tasks.py checks it).
+    """
     return torch.from_numpy(np.random.RandomState(seed).randint(0, num_classes, num_images).astype(np.int64))
 
 
