@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from nas.config import load_config
-from nas.data import DatasetInfo
+from nas.data import DatasetInfo, ImageData
 
 # tests/jobs.py (job helpers) is importable from every test folder, tests/faults included.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -113,5 +113,20 @@ def cfg() -> Callable[..., dict]:
         for item in overrides:
             flat.extend([item] if isinstance(item, str) else list(item))
         return load_config(None, flat)
+
+    return make
+
+
+@pytest.fixture
+def random_images(tiny_info) -> Callable[..., ImageData]:
+    """Factory: ``count`` random 16x16 RGB images of 6 classes; the first 64 are the train split, the rest valid and search."""
+
+    def make(count: int = 96) -> ImageData:
+        info = tiny_info(num_classes=6, channels=3, image_size=16, num_images=count, flip=True, crop_padding=2)
+        generator = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (count, 3, 16, 16), dtype=torch.uint8, generator=generator)
+        labels = torch.randint(0, 6, (count,), generator=generator)
+        return ImageData(images, labels, info, {"train": torch.arange(64), "valid": torch.arange(64, count),
+                                                "search": torch.arange(64, count)})
 
     return make

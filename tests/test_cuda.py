@@ -36,15 +36,6 @@ def gpu() -> torch.device:
     return select_device("cuda")
 
 
-def _data(tiny_info, count: int = 96) -> ImageData:
-    info = tiny_info(num_classes=6, channels=3, image_size=16, num_images=count, flip=True, crop_padding=2)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (count, 3, 16, 16), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, 6, (count,), generator=generator)
-    return ImageData(images, labels, info, {"train": torch.arange(64), "valid": torch.arange(64, count),
-                                            "search": torch.arange(64, count)})
-
-
 def _trainer(cfg, tiny_space_cfg, data: ImageData, device: torch.device, name: str, supernet: bool, amp: bool,
              checkpoint, on_epoch=None) -> Trainer:
     config = cfg(f"task.name={name}", "task.col.grid=20", "train.epochs=2", "train.batch_size=16",
@@ -61,10 +52,10 @@ def _trainer(cfg, tiny_space_cfg, data: ImageData, device: torch.device, name: s
 @pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16"])
 @pytest.mark.parametrize("supernet", [False, True], ids=["network", "supernet"])
 @pytest.mark.parametrize("name", TASK_NAMES)
-def test_every_task_trains_on_the_gpu_with_deterministic_kernels(cfg, tiny_space_cfg, tiny_info, tmp_path, gpu,
+def test_every_task_trains_on_the_gpu_with_deterministic_kernels(cfg, tiny_space_cfg, random_images, tmp_path, gpu,
                                                                   name, supernet, amp):
     assert torch.are_deterministic_algorithms_enabled()
-    trainer = _trainer(cfg, tiny_space_cfg, _data(tiny_info), gpu, name, supernet, amp, tmp_path / "ckpt.pt")
+    trainer = _trainer(cfg, tiny_space_cfg, random_images(), gpu, name, supernet, amp, tmp_path / "ckpt.pt")
     history = trainer.fit()
     assert len(history) == 2
     for record in history:
@@ -75,9 +66,9 @@ def test_every_task_trains_on_the_gpu_with_deterministic_kernels(cfg, tiny_space
 
 @pytest.mark.parametrize("supernet", [False, True], ids=["network", "supernet"])
 @pytest.mark.parametrize("name", ["cls", "col"])
-def test_resumed_gpu_training_equals_an_uninterrupted_one(cfg, tiny_space_cfg, tiny_info, tmp_path, gpu, name,
+def test_resumed_gpu_training_equals_an_uninterrupted_one(cfg, tiny_space_cfg, random_images, tmp_path, gpu, name,
                                                           supernet):
-    data = _data(tiny_info)
+    data = random_images()
     whole = _trainer(cfg, tiny_space_cfg, data, gpu, name, supernet, True, tmp_path / "whole.pt")
     whole_history = whole.fit()
 
@@ -95,8 +86,8 @@ def test_resumed_gpu_training_equals_an_uninterrupted_one(cfg, tiny_space_cfg, t
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
-def test_gpu_float32_forward_matches_the_cpu(cfg, tiny_space_cfg, tiny_info, tmp_path, gpu, name):
-    data = _data(tiny_info)
+def test_gpu_float32_forward_matches_the_cpu(cfg, tiny_space_cfg, random_images, tmp_path, gpu, name):
+    data = random_images()
     on_cpu = _trainer(cfg, tiny_space_cfg, data, torch.device("cpu"), name, False, False, tmp_path / "a.pt").model
     on_gpu = copy.deepcopy(on_cpu).to(gpu)
     on_cpu.eval()
@@ -114,13 +105,13 @@ def test_gpu_float32_forward_matches_the_cpu(cfg, tiny_space_cfg, tiny_info, tmp
 
 @pytest.mark.parametrize("supernet", [False, True], ids=["network", "supernet"])
 @pytest.mark.parametrize("name", TASK_NAMES)
-def test_gpu_float32_gradients_match_the_cpu(cfg, tiny_space_cfg, tiny_info, tmp_path, gpu, name, supernet):
+def test_gpu_float32_gradients_match_the_cpu(cfg, tiny_space_cfg, random_images, tmp_path, gpu, name, supernet):
     """One training-mode backward pass, every parameter's gradient, GPU float32 against CPU float64.
 
     This found PyTorch's wrong channels-last CUDA backward of the padded average pool (see
     nas.spaces.nb201.AvgPool3x3): its forward was right, single parameters' gradients were up to 80 % off.
     """
-    data = _data(tiny_info)
+    data = random_images()
     model = _trainer(cfg, tiny_space_cfg, data, torch.device("cpu"), name, supernet, False, tmp_path / "a.pt").model
     images = data.images[:16].float() / 255.0
     inputs, targets = model.task.prepare(images, data.labels[:16], torch.arange(16), train=True,
@@ -161,8 +152,8 @@ def test_cells_average_pool_gradient_on_the_gpu_matches_the_cpu(gpu, dtype, layo
 
 
 @pytest.mark.parametrize("proxy", sorted(PROXIES.names()))
-def test_every_proxy_scores_on_the_gpu_as_on_the_cpu(cfg, tiny_space_cfg, tiny_info, tmp_path, gpu, proxy):
-    data = _data(tiny_info)
+def test_every_proxy_scores_on_the_gpu_as_on_the_cpu(cfg, tiny_space_cfg, random_images, tmp_path, gpu, proxy):
+    data = random_images()
     model = _trainer(cfg, tiny_space_cfg, data, torch.device("cpu"), "cls", False, False, tmp_path / "a.pt").model
     images = data.images[:16].float() / 255.0
     inputs, targets = model.task.prepare(images, data.labels[:16], torch.arange(16), train=False,

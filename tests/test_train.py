@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from nas.data import ImageData
 from nas.registry import ConfigError
 from nas.spaces import build_space
 from nas.tasks import build_task
@@ -22,15 +21,6 @@ CPU = torch.device("cpu")
 
 class Interrupted(Exception):
     """Raised after the first epoch's checkpoint, standing in for a job killed there."""
-
-
-def _data(tiny_info, count: int = 96) -> ImageData:
-    info = tiny_info(num_classes=6, channels=3, image_size=16, num_images=count, flip=True, crop_padding=2)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (count, 3, 16, 16), dtype=torch.uint8, generator=generator)
-    labels = torch.randint(0, 6, (count,), generator=generator)
-    return ImageData(images, labels, info, {"train": torch.arange(64), "valid": torch.arange(64, count),
-                                            "search": torch.arange(64, count)})
 
 
 def _trainer(cfg, tiny_space_cfg, data, name: str, checkpoint, *overrides: str, on_epoch=None) -> Trainer:
@@ -53,11 +43,11 @@ def test_precise_bn_batches_as_pycls():
 
 
 @pytest.mark.parametrize("variance", ["total", "within"])
-def test_precise_bn_statistics_by_hand(cfg, tiny_info, tiny_space_cfg, tmp_path, variance):
+def test_precise_bn_statistics_by_hand(cfg, random_images, tiny_space_cfg, tmp_path, variance):
     """Every BN layer sees int(32 / 16) = 2 training-augmented batches in train mode; its running statistics
     become pycls's average of them: mean of the batch means; variance mean(var + mean^2) - mean(mean)^2 (total)
     or the mean of the unbiased batch variances (within)."""
-    data = _data(tiny_info)
+    data = random_images()
     model = _trainer(cfg, tiny_space_cfg, data, "jig", tmp_path / "c.pt").model
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms
@@ -106,9 +96,9 @@ def test_precise_bn_statistics_by_hand(cfg, tiny_info, tiny_space_cfg, tmp_path,
         assert torch.equal(again.state_dict()[key], value), key
 
 
-def test_fit_recomputes_bn_before_each_evaluation(cfg, tiny_info, tiny_space_cfg, tmp_path):
+def test_fit_recomputes_bn_before_each_evaluation(cfg, random_images, tiny_space_cfg, tmp_path):
     """The last evaluation used BN statistics recomputed with the (seed, epoch) generator, and its own eval draws."""
-    data = _data(tiny_info)
+    data = random_images()
     trainer = _trainer(cfg, tiny_space_cfg, data, "jig", tmp_path / "c.pt")
     history = trainer.fit()
     last = len(history) - 1
@@ -136,8 +126,8 @@ def test_stream_seeds_differ_by_epoch_and_purpose():
 
 
 @pytest.mark.parametrize("name", ["rot", "jig"])
-def test_killed_and_resumed_training_with_precise_bn_is_bit_identical(cfg, tiny_info, tiny_space_cfg, tmp_path, name):
-    data = _data(tiny_info)
+def test_killed_and_resumed_training_with_precise_bn_is_bit_identical(cfg, random_images, tiny_space_cfg, tmp_path, name):
+    data = random_images()
     whole = _trainer(cfg, tiny_space_cfg, data, name, tmp_path / "whole.pt")
     whole_history = whole.fit()
 
@@ -154,6 +144,6 @@ def test_killed_and_resumed_training_with_precise_bn_is_bit_identical(cfg, tiny_
         assert torch.equal(resumed.model.state_dict()[key], value), key
 
 
-def test_precise_bn_of_less_than_a_batch_is_refused(cfg, tiny_info, tiny_space_cfg, tmp_path):
+def test_precise_bn_of_less_than_a_batch_is_refused(cfg, random_images, tiny_space_cfg, tmp_path):
     with pytest.raises(ConfigError, match="precise_bn_images 8 is less than one batch of 16"):
-        _trainer(cfg, tiny_space_cfg, _data(tiny_info), "cls", tmp_path / "c.pt", "train.precise_bn_images=8")
+        _trainer(cfg, tiny_space_cfg, random_images(), "cls", tmp_path / "c.pt", "train.precise_bn_images=8")
