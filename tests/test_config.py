@@ -221,7 +221,7 @@ def test_stage_splits_default_to_the_dataset_splits(cfg):
 def test_each_stage_loads_its_own_splits(cfg):
     import torch
 
-    from nas.stages import _data_and_task
+    from nas.stages.job import _data_and_task
 
     own = cfg("dataset.limit=200", "dataset.image_size=8", "supernet.splits={train: 0.5, valid: 0.0, search: 0.5}",
               "train.splits={train: 1.0, valid: 0.0, search: 0.0}")
@@ -240,7 +240,7 @@ def test_a_supernet_trained_on_other_splits_is_refused(cfg, tmp_path):
     import torch
     import yaml
 
-    from nas.stages import _load_supernet
+    from nas.stages.supernet import _load_supernet
 
     trained = cfg("supernet.splits={train: 0.5, valid: 0.0, search: 0.5}")
     (tmp_path / "summary.json").write_text(json.dumps({"stage": "train-supernet", "status": "complete"}))
