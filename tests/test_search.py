@@ -101,3 +101,17 @@ def test_children_that_cannot_be_new_end_their_draws(rule):
                              "search.mutations=5", "search.crossovers=5", "search.mutate_prob=0.0",
                              "search.generations=3")
     assert Counter(e.generation for e in scorer.trace()) == {0: 20, 1: 20, 2: 20}
+
+
+@pytest.mark.parametrize("rule", ["rlnas", "trainable"])
+def test_random_search_draws_as_the_candidates_rule_says(rule):
+    cfg = load_config(None, [f"search.candidates={rule}", "search.method=random", "search.random_samples=200"])
+    space = build_space(cfg["space"])
+    scorer = METHODS.get("random")(space, _fitness, cfg["search"], random.Random(0))
+    drawn = [e.arch for e in scorer.trace()]
+    assert len(drawn) == len(set(drawn)) == 200
+    untrainable = sum(not space.is_trainable(a) for a in drawn)
+    if rule == "trainable":
+        assert untrainable == 0
+    else:  # about 24 % of all cells cannot be reached by a supernet step
+        assert 25 <= untrainable <= 75, untrainable
