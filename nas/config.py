@@ -104,6 +104,11 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
                         ("train.splits", cfg["train"]["splits"])):
         if splits is not None and sum(splits.values()) > 1.0 + 1e-9:
             raise ConfigError(f"config key {key!r}: fractions {splits} add up to more than 1")
+    col = cfg["task"]["col"]
+    if (col["bins"] == "file") != (col["bins_file"] is not None):
+        raise ConfigError(f"config key 'task.col.bins_file' is {col['bins_file']!r} and 'task.col.bins' is "
+                          f"{col['bins']!r}: a bins file is read exactly when task.col.bins is 'file' "
+                          "(allowed: zhang313, srgb_gamut, file)")
     return cfg
 
 

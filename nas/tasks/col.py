@@ -175,12 +175,7 @@ class Colorization(Task):
     def __init__(self, cfg, info, seed):
         super().__init__(cfg, info, seed)
         col = cfg["col"]
-        kind, path = col["bins"], col["bins_file"]
-        if (kind == "file") != (path is not None):
-            raise ConfigError(
-                f"task.col.bins_file is {path!r} and task.col.bins is {kind!r}: a bins file is read exactly "
-                "when task.col.bins is 'file' (zhang313, srgb_gamut or file)"
-            )
+        kind, path = col["bins"], col["bins_file"]  # their agreement is checked with the config (nas.config)
         if kind == "zhang313":
             self.bins, grid = zhang_bins(), ZHANG_GRID
         elif kind == "srgb_gamut":
