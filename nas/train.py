@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import ImageData, iterate_batches
+from .data import ImageData, cutout, iterate_batches
 from .errors import NonFiniteLoss
 from .io import atomic_torch_save
 from .registry import ConfigError
@@ -27,13 +27,23 @@ EVAL_STREAM, PRECISE_BN_STREAM = 0, 1  # purposes of the per-epoch generators (s
 
 
 class TaskModel(nn.Module):
-    """A backbone (network or supernet) with the task's head; ``arch`` selects a supernet path."""
+    """A backbone (network or supernet) with the task's head; ``arch`` selects a supernet path.
+
+    A backbone with an auxiliary output (``aux_channels`` > 0, DARTS evaluation networks) gets the auxiliary
+    head it builds, when the task predicts one label per image; ``aux_logits`` reads it after a training forward.
+    """
 
     def __init__(self, backbone: nn.Module, task: Task) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = task.build_head(backbone.out_channels)
         self.task = task
+        has_aux = getattr(backbone, "aux_channels", 0) > 0 and task.image_level
+        self.aux_head = backbone.build_aux_head(task.num_outputs) if has_aux else None
+
+    def aux_logits(self) -> torch.Tensor | None:
+        features = getattr(self.backbone, "aux_features", None)
+        return None if self.aux_head is None or features is None else self.aux_head(features)
 
     def forward(self, inputs: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
         if arch is None:
@@ -213,6 +223,18 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         self._check_precise_bn()
+        self._check_network_options()
+
+    def _check_network_options(self) -> None:
+        """aux_weight and drop_path need a network that has them; refused before any training."""
+        if self.cfg["aux_weight"] and self.model.aux_head is None:
+            raise ConfigError(
+                f"aux_weight {self.cfg['aux_weight']}: this network has no auxiliary head; it needs a network "
+                "with one (space.darts.network.auxiliary: true) and a task with one label per image (cls, rot, "
+                f"rand), here task {self.model.task.name!r}; set aux_weight to 0")
+        if self.cfg["drop_path"] and not hasattr(self.model.backbone, "drop_path_prob"):
+            raise ConfigError(f"drop_path {self.cfg['drop_path']}: this network has no drop-path (DARTS evaluation "
+                              "networks have); set drop_path to 0")
 
     def _check_precise_bn(self) -> None:
         images, batch_size = self.cfg["precise_bn_images"], self.cfg["batch_size"]
@@ -280,12 +302,19 @@ class Trainer:
                                   drop_last=True, max_batches=cfg["max_batches_per_epoch"])
         bar = tqdm(batches, total=self._steps_per_epoch(), desc=f"{self.label} epoch {epoch + 1}/{cfg['epochs']}",
                    disable=not self.progress, mininterval=2.0, leave=False)
+        if cfg["drop_path"]:
+            self.model.backbone.drop_path_prob = cfg["drop_path"] * epoch / cfg["epochs"]  # DARTS train.py
         for step, (images, labels, ids) in enumerate(bar):
             inputs, targets = task.prepare(images.float() / 255.0, labels, ids, train=True, generator=self.generator)
+            if cfg["cutout"] and inputs.dim() == 4:
+                inputs = cutout(inputs, cfg["cutout"], self.generator)
             arch = self.path_sampler(self.path_rng) if self.path_sampler else None
             with _autocast(self.device, cfg["amp"]):
                 outputs = self.model(inputs, arch=arch)
+                aux = self.model.aux_logits() if cfg["aux_weight"] else None
             loss = task.loss(outputs.float(), targets, cfg["label_smoothing"])
+            if aux is not None:
+                loss = loss + cfg["aux_weight"] * task.loss(aux.float(), targets, cfg["label_smoothing"])
             if self.device.type == "cpu" or step % 50 == 0:
                 self._check_finite(loss, epoch, step)
             self.optimizer.zero_grad(set_to_none=True)

@@ -18,12 +18,12 @@ from nas.tasks import check_task_on_dataset
         ("train.epochs=true", ["train.epochs", "True", "integer"]),
         ("train.lr=fast", ["train.lr", "'fast'", "number"]),
         ("train=5", ["'train'", "5"]),
-        ("space.name=darts", ["space.name", "'darts'", "nb201"]),
+        ("space.name=proxyless", ["space.name", "'proxyless'", "nb201", "darts", "nb101"]),
         ("task.name=inpaint", ["task.name", "'inpaint'", "cls", "rot", "col", "jig", "rand"]),
         ("dataset.name=svhn", ["dataset.name", "'svhn'", "mnist5k", "cifar10"]),
         ("study.datasets=[mnist5k,svhn]", ["study.datasets", "'svhn'"]),
         ("study.tasks=[cls,inpaint]", ["study.tasks", "'inpaint'"]),
-        ("study.spaces=[darts]", ["study.spaces", "'darts'"]),
+        ("study.spaces=[proxyless]", ["study.spaces", "'proxyless'"]),
         ("seed=-1", ["'seed'", "-1"]),
         ("study.seeds=[0,-3]", ["study.seeds", "-3"]),
         ("study.seeds=[1,2,1]", ["study.seeds", "[1, 2, 1]", "duplicates"]),
@@ -155,8 +155,12 @@ def test_defaults_are_filled():
     assert cfg["train"]["epochs"] == 1
     assert cfg["supernet"]["epochs"] == 1 and cfg["supernet"] is not cfg["train"]
     assert cfg["seed"] == 0
-    assert cfg["space"] == {"name": "nb201", "channels": 16, "cells_per_stage": 5,
-                            "supernet": {"bn_affine": False, "bn_track_stats": True}}
+    nb201 = {k: v for k, v in cfg["space"].items() if k not in ("darts", "nb101")}
+    assert nb201 == {"name": "nb201", "channels": 16, "cells_per_stage": 5,
+                     "supernet": {"bn_affine": False, "bn_track_stats": True}}
+    assert cfg["space"]["darts"]["network"] == {"cells": 20, "channels": 36, "flops_budget": None, "stem": "cifar",
+                                                "auxiliary": True, "aux_second_bn": False}
+    assert cfg["space"]["nb101"] == {"stacks": 3, "modules_per_stack": 3, "channels": 128}
     assert cfg["dataset"]["splits"] == {"train": 0.6, "valid": 0.2, "search": 0.2}
     assert cfg["task"]["jig"]["num_permutations"] == 1000
     assert cfg["task"]["col"] == {"bins": "zhang313", "grid": 10, "bins_file": None, "crop": False}

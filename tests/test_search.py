@@ -8,7 +8,6 @@ import pytest
 
 from nas.config import load_config
 from nas.search import METHODS
-from nas.search.evolution import _mutate
 from nas.spaces import build_space
 
 
@@ -80,8 +79,8 @@ def test_mutate_allow_none():
     space = build_space(load_config(None)["space"])
     rng = random.Random(0)
     parent = (1, 2, 3, 4, 1, 2)
-    without = {g for _ in range(500) for g in _mutate(parent, space, 1.0, False, rng)}
-    with_none = {g for _ in range(500) for g in _mutate(parent, space, 1.0, True, rng)}
+    without = {g for _ in range(500) for g in space.mutate(parent, rng, 1.0, False, 'normal')}
+    with_none = {g for _ in range(500) for g in space.mutate(parent, rng, 1.0, True, 'normal')}
     assert without == {1, 2, 3, 4} and with_none == {0, 1, 2, 3, 4}
 
 

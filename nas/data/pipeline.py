@@ -76,3 +76,16 @@ def augment(images: torch.Tensor, info: DatasetInfo, generator: torch.Generator,
         padded = F.pad(images, (pad, pad, pad, pad)) if pad > 0 else images
     flat = padded.reshape(batch, channels, -1)
     return flat.gather(2, index.expand(batch, channels, height * width)).view(batch, channels, height, width)
+
+
+def cutout(inputs: torch.Tensor, length: int, generator: torch.Generator) -> torch.Tensor:
+    """DARTS's Cutout on a batch (B, C, H, W): per image, zero a ``length`` square centred on a uniformly drawn
+    pixel, clipped at the borders (so it may be smaller), on the normalised input."""
+    batch, _, height, width = inputs.shape
+    centre_y = torch.randint(height, (batch, 1, 1), generator=generator).to(inputs.device)
+    centre_x = torch.randint(width, (batch, 1, 1), generator=generator).to(inputs.device)
+    rows = torch.arange(height, device=inputs.device).view(1, -1, 1)
+    cols = torch.arange(width, device=inputs.device).view(1, 1, -1)
+    half = length // 2
+    inside = ((rows >= centre_y - half) & (rows < centre_y + half) & (cols >= centre_x - half) & (cols < centre_x + half))
+    return inputs * (~inside).unsqueeze(1).to(inputs.dtype)

@@ -25,26 +25,15 @@ RLNAS_DRAWS_PER_CELL = 1000
 TRAINABLE_DRAWS_PER_CELL = 10
 
 
-def _mutate(parent: Arch, space: SearchSpace, prob: float, allow_none: bool, rng: random.Random) -> Arch:
-    genes = list(parent)
-    low = 0 if allow_none else 1  # RLNAS draws randint(1, n): never `none`
-    for g, choices in enumerate(space.choices):
-        if rng.random() < prob:
-            genes[g] = rng.randrange(low, choices)
-    return tuple(genes)
-
-
-def _crossover(a: Arch, b: Arch, rng: random.Random) -> Arch:
-    return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
-
-
 class _Candidates:
     """Draws the cells of a generation under one ``search.candidates`` rule; remembers every cell it kept."""
 
-    def __init__(self, space: SearchSpace, rule: str, rng: random.Random) -> None:
+    def __init__(self, space: SearchSpace, rule: str, rng: random.Random,
+                 admissible: Callable[[Arch], bool] | None = None) -> None:
         self.space = space
         self.trainable_only = rule == "trainable"
         self.rng = rng
+        self.admissible = admissible
         self.kept: set[Arch] = set()
 
     def _keep(self, count: int, draw: Callable[[], Arch], max_draws: int) -> list[Arch]:
@@ -54,6 +43,8 @@ class _Candidates:
                 break
             cell = draw()
             if cell in self.kept or (self.trainable_only and not self.space.is_trainable(cell)):
+                continue
+            if self.admissible is not None and not self.admissible(cell):
                 continue
             self.kept.add(cell)
             out.append(cell)
@@ -66,21 +57,23 @@ class _Candidates:
         draw = self.space.sample if self.trainable_only else self.space.sample_uniform
         return self._keep(count, lambda: draw(self.rng), self._per_cell() * count)
 
-    def mutations(self, count: int, parents: list[Arch], prob: float, allow_none: bool) -> list[Arch]:
-        return self._keep(count, lambda: _mutate(self.rng.choice(parents), self.space, prob, allow_none, self.rng),
+    def mutations(self, count: int, parents: list[Arch], prob: float, allow_none: bool, cells: str) -> list[Arch]:
+        return self._keep(count, lambda: self.space.mutate(self.rng.choice(parents), self.rng, prob, allow_none, cells),
                           self._per_cell() * count)
 
     def crossovers(self, count: int, parents: list[Arch]) -> list[Arch]:
         # RLNAS: at most count + 1 batches of 10 draws
         max_draws = 10 * count if self.trainable_only else 10 * (count + 1)
-        return self._keep(count, lambda: _crossover(self.rng.choice(parents), self.rng.choice(parents), self.rng),
+        return self._keep(count, lambda: self.space.crossover(self.rng.choice(parents), self.rng.choice(parents), self.rng),
                           max_draws)
 
 
 @METHODS.register("evolution")
-def evolution(space: SearchSpace, fitness: Callable[[Arch], float], cfg: dict[str, Any], rng: random.Random) -> Scorer:
+def evolution(space: SearchSpace, fitness: Callable[[Arch], float], cfg: dict[str, Any], rng: random.Random,
+              admissible: Callable[[Arch], bool] | None = None) -> Scorer:
+    """``admissible`` (e.g. a FLOPs cap, RLNAS ``legal``) must hold for every cell a generation takes in."""
     scorer = Scorer(space, fitness)
-    candidates = _Candidates(space, cfg["candidates"], rng)
+    candidates = _Candidates(space, cfg["candidates"], rng, admissible)
     population = candidates.random(cfg["population"])
     parents: list[Evaluated] = []
     for generation in range(cfg["generations"]):
@@ -90,7 +83,8 @@ def evolution(space: SearchSpace, fitness: Callable[[Arch], float], cfg: dict[st
         if generation == cfg["generations"] - 1:
             break
         parent_archs = [p.arch for p in parents]
-        population = candidates.mutations(cfg["mutations"], parent_archs, cfg["mutate_prob"], cfg["mutate_allow_none"])
+        population = candidates.mutations(cfg["mutations"], parent_archs, cfg["mutate_prob"], cfg["mutate_allow_none"],
+                                           cfg["mutate_cells"])
         population += candidates.crossovers(cfg["crossovers"], parent_archs)
         population += candidates.random(cfg["population"] - len(population))
     return scorer

@@ -13,7 +13,8 @@ from .registry import METHODS, Scorer
 
 
 @METHODS.register("random")
-def random_search(space: SearchSpace, fitness: Callable[[Arch], float], cfg: dict[str, Any], rng: random.Random) -> Scorer:
+def random_search(space: SearchSpace, fitness: Callable[[Arch], float], cfg: dict[str, Any], rng: random.Random,
+                  admissible: Callable[[Arch], bool] | None = None) -> Scorer:
     scorer = Scorer(space, fitness)
     draw = space.sample if cfg["candidates"] == "trainable" else space.sample_uniform
     seen: set[Arch] = set()
@@ -21,7 +22,7 @@ def random_search(space: SearchSpace, fitness: Callable[[Arch], float], cfg: dic
         if len(seen) >= cfg["random_samples"]:
             break
         arch = draw(rng)
-        if arch not in seen:
+        if arch not in seen and (admissible is None or admissible(arch)):
             seen.add(arch)
             scorer.score(arch, 0)
     return scorer

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -18,6 +19,14 @@ SupernetPath = Arch | tuple[Arch, ...]
 """What one supernet step runs: one Arch for every cell, or one Arch per cell in network order."""
 
 SUPERNET_SAMPLING = ("per_cell", "shared")
+MUTATE_CELLS = ("normal", "all")
+# Distinct draws tried per architecture wanted, for spaces too large to enumerate.
+DRAWS_PER_DISTINCT_ARCH = 100
+
+
+def stable_index(canonical_text: str) -> int:
+    """A stable 60-bit integer for an architecture of a space without a benchmark order (fits int64 tables)."""
+    return int(hashlib.sha256(canonical_text.encode()).hexdigest()[:15], 16)
 
 
 @dataclass(frozen=True)
@@ -47,6 +56,10 @@ class Supernet(Backbone):
 class SearchSpace(abc.ABC):
     name: str
     choices: Sequence[int]
+    enumerable = True
+    """Whether ``from_index`` enumerates the space (NB201: the benchmark's order); if not, ``to_index`` is
+    ``stable_index`` of the canonical text and architectures are drawn, never listed."""
+    has_supernet = True
 
     def __init__(self, cfg: dict[str, Any]) -> None:
         self.cfg = cfg
@@ -99,13 +112,60 @@ class SearchSpace(abc.ABC):
         raise ConfigError(f"config key 'supernet.sampling': {sampling!r} is not allowed; "
                           f"allowed: {', '.join(SUPERNET_SAMPLING)}")
 
-    def sample_distinct(self, count: int, rng: random.Random) -> list[Arch]:
+    def sample_distinct(self, count: int, rng: random.Random, trainable_only: bool = False) -> list[Arch]:
+        """``count`` distinct architectures: an enumerable space draws indices without replacement (only
+        trainable ones with ``trainable_only``); any other draws ``sample`` (trainable) or ``sample_uniform``
+        until it has ``count`` distinct ones."""
+        if not self.enumerable:
+            draw = self.sample if trainable_only else self.sample_uniform
+            chosen: dict[Arch, None] = {}
+            for _ in range(DRAWS_PER_DISTINCT_ARCH * count):
+                if len(chosen) == count:
+                    break
+                chosen.setdefault(draw(rng))
+            if len(chosen) < count:
+                raise ConfigError(f"config key 'sample.num_archs': {count} distinct architectures of space "
+                                  f"{self.name!r} were not found in {DRAWS_PER_DISTINCT_ARCH * count} draws")
+            return list(chosen)
+        if trainable_only:
+            pool = [i for i in range(self.num_archs()) if self.is_trainable(self.from_index(i))]
+            if count > len(pool):
+                raise ConfigError(f"config key 'sample.num_archs': {count} is more than the {len(pool)} trainable "
+                                  f"architectures of space {self.name!r}")
+            return [self.from_index(i) for i in rng.sample(pool, count)]
         if count > self.num_archs():
             raise ConfigError(
                 f"cannot sample {count} distinct architectures: space {self.name!r} holds {self.num_archs()}"
             )
-        chosen = rng.sample(range(self.num_archs()), count)
-        return [self.from_index(i) for i in chosen]
+        chosen_indices = rng.sample(range(self.num_archs()), count)
+        return [self.from_index(i) for i in chosen_indices]
+
+    def unnas_samples(self) -> list[tuple[str, Arch]]:
+        """UnNAS's sample-based architectures of this space as (ID, Arch), in ID order (``sample.source: unnas``)."""
+        raise ConfigError(f"config key 'sample.source': 'unnas' is not available for space {self.name!r}; "
+                          "UnNAS's sample-based architectures exist for spaces darts and nb101")
+
+    # ---- evolution operators (RLNAS ``get_mutation``, ``get_crossover``) --------------------------------
+    def mutable_genes(self, cells: str) -> range:
+        """Genes a mutation may change: ``all``, or ``normal`` (the normal cell's; every gene of a one-cell space)."""
+        if cells not in MUTATE_CELLS:
+            raise ConfigError(f"config key 'search.mutate_cells': {cells!r} is not allowed; "
+                              f"allowed: {', '.join(MUTATE_CELLS)}")
+        return range(len(self.choices))
+
+    def mutate(self, parent: Arch, rng: random.Random, prob: float, allow_none: bool, cells: str) -> Arch:
+        """Each mutable gene redrawn with probability ``prob``; without ``allow_none`` never to value 0 (RLNAS
+        NB201 draws ``randint(1, n)``)."""
+        genes = list(parent)
+        low = 0 if allow_none else 1
+        for g in self.mutable_genes(cells):
+            if rng.random() < prob:
+                genes[g] = rng.randrange(low, self.choices[g])
+        return tuple(genes)
+
+    def crossover(self, a: Arch, b: Arch, rng: random.Random) -> Arch:
+        """Uniform crossover: each gene from either parent with probability 1/2."""
+        return tuple(x if rng.random() < 0.5 else y for x, y in zip(a, b))
 
     # ---- networks ---------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -5,7 +5,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import yaml
@@ -14,7 +14,7 @@ from ..config import stage_dataset
 from ..io import atomic_torch_save, atomic_write_json
 from ..registry import ConfigError
 from ..search import METHODS, AccuracyFitness, AngleFitness
-from ..spaces import build_space
+from ..spaces import Arch, build_space
 from ..tracking import TrackedRun
 from ..train import TaskModel, Trainer, load_checkpoint
 from .job import (_data_and_task, _file_digest, _resume_and_fit, _save_config, _setup, _tags, begin_job, read_archs,
@@ -24,11 +24,19 @@ from .job import (_data_and_task, _file_digest, _resume_and_fit, _save_config, _
 MODEL_SECTIONS = ("space", "dataset", "task", "seed")
 
 
+def _supernet_space(cfg: dict[str, Any]):
+    space = build_space(cfg["space"])
+    if not space.has_supernet:
+        raise ConfigError(f"space {space.name!r} has no supernet: train-supernet, score and search need a space "
+                          "with one (nb201, darts); use train and proxies on it")
+    return space
+
+
 def train_supernet(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | None, tags: dict[str, str]) -> dict[str, Any]:
     started = time.time()
+    space = _supernet_space(cfg)
     device = _setup(cfg)
     data, task = _data_and_task(cfg, device, "supernet")
-    space = build_space(cfg["space"])
     model = TaskModel(space.build_supernet(task.in_channels), task)
     begin_job(out_dir)
     _save_config(out_dir, cfg)
@@ -54,6 +62,7 @@ def train_supernet(cfg: dict[str, Any], out_dir: Path, tracking_info: dict | Non
 
 
 def _load_supernet(cfg: dict[str, Any], supernet_dir: Path, device: torch.device):
+    _supernet_space(cfg)
     summary = read_summary(supernet_dir, "train-supernet")
     trained_cfg = yaml.safe_load((supernet_dir / "config.yaml").read_text())
     differing = [s for s in MODEL_SECTIONS if trained_cfg.get(s) != cfg.get(s)]
@@ -87,8 +96,8 @@ def score(cfg: dict[str, Any], out_dir: Path, supernet_dir: Path, archs_file: Pa
           tags: dict[str, str], shard: str | None = None) -> dict[str, Any]:
     """Angle, supernet accuracy after BN recalibration, parameters and FLOPs of the listed cells (or shard i/n of them)."""
     started = time.time()
+    space = _supernet_space(cfg)
     device = _setup(cfg)
-    space = build_space(cfg["space"])
     archs, shard_index, shard_count = shard_of(read_archs(space, archs_file), shard)
     data, task, space, models, inputs = _load_supernet(cfg, supernet_dir, device)
     begin_job(out_dir)
@@ -115,6 +124,15 @@ def score(cfg: dict[str, Any], out_dir: Path, supernet_dir: Path, archs_file: Pa
                              {"scores": str(out_dir / "scores.csv")})
 
 
+def _flops_cap(cfg: dict[str, Any], space, task, data) -> Callable[[Arch], bool] | None:
+    """search.max_flops as a test of a candidate's stand-alone network (RLNAS: thop on the evaluation network)."""
+    cap = cfg["search"]["max_flops"]
+    if cap is None:
+        return None
+    image_size = cfg["search"]["flops_image_size"] or data.info.image_size
+    return lambda arch: space.cost(arch, task.num_outputs, task.in_channels, image_size).flops <= cap
+
+
 def search(cfg: dict[str, Any], out_dir: Path, supernet_dir: Path, tracking_info: dict | None,
            tags: dict[str, str]) -> dict[str, Any]:
     started = time.time()
@@ -129,7 +147,7 @@ def search(cfg: dict[str, Any], out_dir: Path, supernet_dir: Path, tracking_info
     method = METHODS.get(search_cfg["method"])
     tags = _tags(cfg, {"fitness": search_cfg["fitness"], "method": search_cfg["method"], **tags})
     with TrackedRun(cfg, "search", tags, out_dir, tracking_info) as run:
-        scorer = method(space, fitness, search_cfg, random.Random(cfg["seed"]))
+        scorer = method(space, fitness, search_cfg, random.Random(cfg["seed"]), _flops_cap(cfg, space, task, data))
         trace = scorer.trace()
         write_table(out_dir / "trace.csv", [
             {"order": e.order, "generation": e.generation, "index": space.to_index(e.arch), "arch": space.to_str(e.arch),

@@ -40,6 +40,8 @@ class Task(abc.ABC):
     # Training augmentation: the dataset's flip always, its pad-and-crop only where ``crop`` (UnNAS on
     # CIFAR: cls and rot flip and crop, col and jig only flip).
     crop = True
+    # One prediction per input image from the trunk's pooled features: what an auxiliary head (DARTS) predicts too.
+    image_level = True
 
     def __init__(self, cfg: dict[str, Any], info: DatasetInfo, seed: int) -> None:
         self.check(info)

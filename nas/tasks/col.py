@@ -170,6 +170,7 @@ class ColorizationHead(nn.Module):
 @TASKS.register("col")
 class Colorization(Task):
     name = "col"
+    image_level = False  # per-pixel predictions
     metric_name = "pixel_acc"
 
     def __init__(self, cfg, info, seed):

@@ -62,6 +62,7 @@ class JigsawHead(nn.Module):
 @TASKS.register("jig")
 class Jigsaw(Task):
     name = "jig"
+    image_level = False  # one prediction per tile set, from a trunk run on tiles
 
     def __init__(self, cfg, info, seed):
         super().__init__(cfg, info, seed)

@@ -34,9 +34,21 @@ NUM_PROXY_SHARDS = math.ceil(config["sample"]["num_archs"] / STUDY["proxy_shard_
 SCORE_ALL = STUDY["score_archs"] == "all"
 SCORE_ARCHS = f"{RESULTS}/archs{'_all' if SCORE_ALL else ''}/{{space}}/archs.json"
 GROUND_TRUTH = config["ground_truth"]["source"] != "none"
-if SCORE_ALL:
-    from nas.spaces import build_space as _build_space
+from nas.spaces import SPACES as _SPACES, build_space as _build_space
 
+_no_supernet = [s for s in SPACES if not _SPACES.get(s).has_supernet]
+if SUPERNET_TASKS and _no_supernet:
+    raise WorkflowError(
+        f"config key 'study.supernet_tasks': space {_no_supernet[0]!r} has no supernet (stand-alone training and "
+        "proxies only); set study.supernet_tasks to [] or choose a space with one (nb201, darts)"
+    )
+_not_listable = [s for s in SPACES if not _SPACES.get(s).enumerable]
+if SCORE_ALL and _not_listable:
+    raise WorkflowError(
+        f"config key 'study.score_archs': 'all' lists every cell of the space; space {_not_listable[0]!r} is too "
+        "large to list; use 'sampled'"
+    )
+if SCORE_ALL:
     NUM_SCORED = _build_space(config["space"]).num_archs()
 else:
     NUM_SCORED = config["sample"]["num_archs"]
@@ -50,7 +62,7 @@ if not TASKS and not SUPERNET_TASKS and not ZERO_COST:
     )
 if TASKS and REFERENCE not in TASKS:
     raise WorkflowError(f"config key 'study.reference_task': {REFERENCE!r} must be one of study.tasks {TASKS}")
-if not TASKS and not GROUND_TRUTH:
+if not TASKS and not GROUND_TRUTH and not SUPERNET_TASKS:
     raise WorkflowError(
         "config key 'study.tasks' is empty and 'ground_truth.source' is 'none': with no stand-alone accuracy "
         "and no ground truth there is nothing to compare the proxies with"
@@ -136,12 +148,15 @@ def nas_command(stage, rule_name, **fixed):
 
 
 def final_targets():
-    """What `all_figures` builds: the study figures when tasks train stand-alone, the ground-truth panel when one is set."""
+    """What `all_figures` builds: the study figures when tasks train stand-alone, the ground-truth panel when one is
+    set; a study with neither (supernet tasks only) ends with the table of its retrained picks."""
     targets = []
     if TASKS:
         targets.append(f"{RESULTS}/figures/summary.json")
     if GROUND_TRUTH:
         targets.append(f"{RESULTS}/groundtruth/correlations/summary.json")
+    if not targets:  # a search study (RLNAS DARTS): supernet, search, and the retrained picks
+        targets.append(f"{RESULTS}/tables/search.csv")
     return targets
 
 
