@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import nb201  # noqa: F401  (registers the space)
+from . import nb101, nb201  # noqa: F401  (each registers its space)
 from .base import Arch, ArchCost, Backbone, SearchSpace, Supernet
 from .registry import SPACES
 

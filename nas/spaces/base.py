@@ -117,16 +117,18 @@ class SearchSpace(abc.ABC):
         trainable ones with ``trainable_only``); any other draws ``sample`` (trainable) or ``sample_uniform``
         until it has ``count`` distinct ones."""
         if not self.enumerable:
+            # distinct by index: two encodings of one architecture (NB101's isomorphic cells) count once
             draw = self.sample if trainable_only else self.sample_uniform
-            chosen: dict[Arch, None] = {}
+            chosen: dict[int, Arch] = {}
             for _ in range(DRAWS_PER_DISTINCT_ARCH * count):
                 if len(chosen) == count:
                     break
-                chosen.setdefault(draw(rng))
+                arch = draw(rng)
+                chosen.setdefault(self.to_index(arch), arch)
             if len(chosen) < count:
                 raise ConfigError(f"config key 'sample.num_archs': {count} distinct architectures of space "
                                   f"{self.name!r} were not found in {DRAWS_PER_DISTINCT_ARCH * count} draws")
-            return list(chosen)
+            return list(chosen.values())
         if trainable_only:
             pool = [i for i in range(self.num_archs()) if self.is_trainable(self.from_index(i))]
             if count > len(pool):

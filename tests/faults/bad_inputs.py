@@ -173,7 +173,7 @@ CASES: list[BadInput] = [
     BadInput("unknown command-line flag", _override("--epochs", "3"), "unrecognized arguments: --epochs"),
     BadInput("malformed --tag", _override("--tag", "rule"), "--tag 'rule' must look like key=value"),
     # names that must be one of a registry
-    BadInput("unknown space", _override("space.name=nb101"), "'space.name': 'nb101' is not allowed"),
+    BadInput("unknown space", _override("space.name=proxyless"), "'space.name': 'proxyless' is not allowed"),
     BadInput("unknown task", _override("task.name=nope"), "'task.name': 'nope' is not allowed"),
     BadInput("unknown dataset", _override("dataset.name=imagenet"), "'dataset.name': 'imagenet' is not allowed"),
     BadInput("unknown fitness", _stage("search", "--supernet", "x", "search.fitness=loss"), "'search.fitness': 'loss'"),
