@@ -232,6 +232,8 @@ class Trainer:
                 f"aux_weight {self.cfg['aux_weight']}: this network has no auxiliary head; it needs a network "
                 "with one (space.darts.network.auxiliary: true) and a task with one label per image (cls, rot, "
                 f"rand), here task {self.model.task.name!r}; set aux_weight to 0")
+        if self.cfg["aux_weight"]:
+            self.model.backbone.check_aux_input(self.data.info.image_size)
         if self.cfg["drop_path"] and not hasattr(self.model.backbone, "drop_path_prob"):
             raise ConfigError(f"drop_path {self.cfg['drop_path']}: this network has no drop-path (DARTS evaluation "
                               "networks have); set drop_path to 0")

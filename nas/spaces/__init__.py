@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import nb101, nb201  # noqa: F401  (each registers its space)
+from . import darts, nb101, nb201  # noqa: F401  (each registers its space)
 from .base import Arch, ArchCost, Backbone, SearchSpace, Supernet
 from .registry import SPACES
 

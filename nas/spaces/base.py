@@ -36,7 +36,7 @@ class ArchCost:
 
 
 class Backbone(nn.Module):
-    """A network trunk: maps images to a feature map (B, out_channels, h, w) after its final activation."""
+    """A network trunk: maps images to the feature map (B, out_channels, h, w) the task head reads."""
 
     out_channels: int
 
