@@ -148,8 +148,8 @@ def test_nb101_has_no_supernet_and_describe_all_needs_a_listable_space(capsys, t
 
 @pytest.mark.slow
 def test_darts_stages_end_to_end(tmp_path):
-    """UnNAS samples trained stand-alone and scored by proxies; a random-label supernet searched under a FLOPs
-    cap by angle, its pick retrained with DARTS's evaluation options."""
+    """UnNAS samples trained stand-alone and scored by proxies and on a random-label supernet (angle, accuracy);
+    the supernet searched under a FLOPs cap by angle, its pick retrained with DARTS's evaluation options."""
     cfg = write_config(tmp_path, **{
         "space.name": "darts", "space.darts.network": {"cells": 3, "channels": 4, "auxiliary": True},
         "space.darts.supernet": {"cells": 3, "channels": 4}, "sample.source": "unnas", "sample.num_archs": 3,
@@ -171,6 +171,11 @@ def test_darts_stages_end_to_end(tmp_path):
     assert len(read_rows(tmp_path / "proxies" / "proxies.csv")) == 3
 
     nas("train-supernet", *common, "task.name=rand", "--out", str(tmp_path / "sn"))
+    nas("score", *common, "task.name=rand", "--supernet", str(tmp_path / "sn"), "--archs", archs_file,
+        "--out", str(tmp_path / "score"))
+    scores = read_rows(tmp_path / "score" / "scores.csv")
+    assert [r["arch"] for r in scores] == [a["arch"] for a in archs]
+    assert all(0.0 <= float(r["angle"]) < 3.1416 and 0.0 <= float(r["supernet_acc"]) <= 100.0 for r in scores)
     space = build_space(load_config(str(cfg))["space"])
     # mnist5k (TINY): 10 classes, one channel, 12 px
     flops = [space.cost(space.sample(random.Random(s)), 10, 1, 12).flops for s in range(20)]

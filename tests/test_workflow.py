@@ -89,6 +89,8 @@ def test_tiny_study_end_to_end(tmp_path, monkeypatch):
     ({"study": {"taks": ["cls"]}}, "taks"),
     ({"train": {"epochs": -1}}, "epochs"),
     ({"study": {"task_overrides": {"rot": {"train.lrr": 0.1}}}}, "train.lrr"),
+    ({"study": {"spaces": ["nb101"]}, "space": {"name": "nb101"}}, "space 'nb101' has no supernet"),
+    ({"study": {"spaces": ["darts"], "score_archs": "all"}, "space": {"name": "darts"}}, "too large to list"),
 ])
 def test_malformed_study_is_rejected_before_any_job(tmp_path, monkeypatch, change, message):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -103,9 +105,10 @@ def test_malformed_study_is_rejected_before_any_job(tmp_path, monkeypatch, chang
 
 def test_default_and_paper_configs_plan(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    for name in ("configs/default.yaml", "configs/studies/unnas_nb201_cifar10.yaml",
-                 "configs/studies/rlnas_nb201_cifar.yaml", "configs/studies/nb201_groundtruth.yaml"):
-        config = yaml.safe_load((REPO / name).read_text())
+    studies = sorted((REPO / "configs" / "studies").glob("*.yaml"))
+    assert len(studies) >= 9  # NB201 (3), DARTS and NB101 (3) and their CPU-scale twins (3)
+    for path in [REPO / "configs" / "default.yaml", *studies]:
+        config = yaml.safe_load(path.read_text())
         config["results_dir"] = str(tmp_path / "results")
         run_workflow(tmp_path, config, dryrun=True)
 
