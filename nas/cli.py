@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--supernet", required=True, type=Path, help="output folder of train-supernet")
 
+    p = stages.add_parser("search-differentiable",
+                          help="a differentiable search (differentiable.method: darts_v1, darts_v2, gdas) in one job")
+    _common(p)
+
     p = stages.add_parser("train", help="stand-alone training of one architecture or a shard of several")
     _common(p)
     p.add_argument("--arch", action="append", help="architecture string (repeatable)")
@@ -171,6 +175,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         summary = stages.score(cfg, args.out, args.supernet, args.archs, tracking_info, tags, args.shard)
     elif args.stage == "search":
         summary = stages.search(cfg, args.out, args.supernet, tracking_info, tags)
+    elif args.stage == "search-differentiable":
+        summary = stages.search_differentiable(cfg, args.out, tracking_info, tags)
     elif args.stage == "proxies":
         summary = stages.proxies(cfg, args.out, args.archs, args.shard, tracking_info, tags)
     elif args.stage == "ground-truth":

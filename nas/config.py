@@ -113,8 +113,10 @@ def validate(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def stage_dataset(cfg: dict[str, Any], section: str) -> dict[str, Any]:
-    """The ``dataset`` section as stage ``section`` (``supernet`` or ``train``) loads it: its own splits, if set."""
-    splits = cfg[section]["splits"]
+    """The ``dataset`` section as stage ``section`` (``supernet``, ``train``, ``differentiable``) loads it: its own
+    splits, if set."""
+    training = cfg[section]["training"] if section == "differentiable" else cfg[section]
+    splits = training["splits"]
     return cfg["dataset"] if splits is None else {**cfg["dataset"], "splits": splits}
 
 

@@ -9,7 +9,7 @@ import contextlib
 import math
 import random
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -20,10 +20,11 @@ from .errors import NonFiniteLoss
 from .io import atomic_torch_save
 from .registry import ConfigError
 from .spaces import Arch
+from .spaces.base import Mixture
 from .tasks import Task
 
 CHECKPOINT_FORMAT = 1
-EVAL_STREAM, PRECISE_BN_STREAM = 0, 1  # purposes of the per-epoch generators (see stream_seed)
+EVAL_STREAM, PRECISE_BN_STREAM, SEARCH_STREAM = 0, 1, 2  # purposes of the per-epoch generators (see stream_seed)
 
 
 class TaskModel(nn.Module):
@@ -45,9 +46,11 @@ class TaskModel(nn.Module):
         features = getattr(self.backbone, "aux_features", None)
         return None if self.aux_head is None or features is None else self.aux_head(features)
 
-    def forward(self, inputs: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
-        if arch is None:
+    def forward(self, inputs: torch.Tensor, arch: Arch | None = None, mixture: Mixture | None = None) -> torch.Tensor:
+        if arch is None and mixture is None:
             return self.task.forward(self.backbone, self.head, inputs)
+        if mixture is not None:
+            return self.task.forward(lambda x: self.backbone(x, mixture=mixture), self.head, inputs)
         return self.task.forward(lambda x: self.backbone(x, arch=arch), self.head, inputs)
 
 
@@ -90,8 +93,9 @@ def build_optimizer(params, cfg: dict[str, Any]) -> torch.optim.Optimizer:
 
 @torch.no_grad()
 def evaluate(model: TaskModel, data: ImageData, split: str, batch_size: int, device: torch.device,
-             arch: Arch | None = None, max_batches: int | None = None, seed: int = 0, amp: bool = True) -> dict[str, float]:
-    """Mean loss and accuracy (%) of ``model`` on ``split``; ``arch`` picks a supernet path."""
+             arch: Arch | None = None, max_batches: int | None = None, seed: int = 0, amp: bool = True,
+             mixture: Mixture | None = None) -> dict[str, float]:
+    """Mean loss and accuracy (%) of ``model`` on ``split``; ``arch`` picks a supernet path, ``mixture`` its op mixture."""
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     loss_sum = torch.zeros((), device=device)
@@ -101,7 +105,7 @@ def evaluate(model: TaskModel, data: ImageData, split: str, batch_size: int, dev
     for images, labels, ids in iterate_batches(data, split, batch_size, shuffle=False, max_batches=max_batches):
         inputs, targets = model.task.prepare(images.float() / 255.0, labels, ids, train=False, generator=generator)
         with _autocast(device, amp):
-            outputs = model(inputs, arch=arch)
+            outputs = model(inputs, arch=arch, mixture=mixture)
         loss_sum += model.task.loss(outputs.float(), targets) * targets.shape[0]
         hits, total = model.task.correct(outputs, targets)
         correct += hits
@@ -190,10 +194,35 @@ def load_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any] | No
     return state
 
 
+class ArchStrategy(Protocol):
+    """A differentiable search plugged into the trainer's loop (``nas/search/differentiable.py``): it owns the
+    architecture parameters and their optimiser; the trainer runs its architecture step on a search-split batch
+    before (``arch_first``) or after every weight step, and saves its state in the checkpoint."""
+
+    arch_first: bool
+
+    def start_epoch(self, epoch: int) -> None: ...
+
+    def mixture(self) -> Mixture: ...
+
+    def eval_mixture(self) -> Mixture: ...
+
+    def arch_step(self, model: TaskModel, train_batch: tuple[torch.Tensor, torch.Tensor],
+                  search_batch: tuple[torch.Tensor, torch.Tensor], weight_optimizer: torch.optim.Optimizer
+                  ) -> tuple[torch.Tensor, torch.Tensor, int]: ...
+
+    def epoch_metrics(self) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
 class Trainer:
     """Trains ``model`` on the ``train`` split for ``cfg['epochs']`` epochs and evaluates after each.
 
-    ``path_sampler`` (supernets) draws the path of each step from a seeded ``random.Random``.
+    ``path_sampler`` (supernets) draws the path of each step from a seeded ``random.Random``; a ``strategy``
+    (differentiable search) mixes the supernet's ops and steps its architecture on the ``search`` split.
     ``identity`` is stored in the checkpoint and must match on resume.
     """
 
@@ -201,7 +230,8 @@ class Trainer:
                  checkpoint: Path, identity: dict[str, Any], seed: int,
                  path_sampler: Callable[[random.Random], Arch] | None = None,
                  eval_arch: Arch | None = None, on_epoch: Callable[[dict[str, Any]], None] | None = None,
-                 progress: bool = True, label: str = "train") -> None:
+                 progress: bool = True, label: str = "train", strategy: ArchStrategy | None = None) -> None:
+        self.strategy = strategy
         self.model = model.to(device)
         self.data = data
         self.cfg = cfg
@@ -224,6 +254,10 @@ class Trainer:
         self.start_epoch = 0
         self._check_precise_bn()
         self._check_network_options()
+        if strategy is not None and len(data.splits["search"]) < cfg["batch_size"]:
+            raise ConfigError(f"the search split of dataset {data.info.name!r} holds {len(data.splits['search'])} "
+                              f"images, fewer than one batch of {cfg['batch_size']}: a differentiable search steps its "
+                              "architecture on it; give dataset.splits.search (or this stage's splits) a share")
 
     def _check_network_options(self) -> None:
         """aux_weight and drop_path need a network that has them; refused before any training."""
@@ -271,6 +305,7 @@ class Trainer:
             "numpy_rng": np.random.get_state(),
             "python_rng": random.getstate(),
             "history": self.history,
+            "strategy": self.strategy.state_dict() if self.strategy else None,
         }
 
     def resume(self, state: dict[str, Any] | None) -> bool:
@@ -289,6 +324,8 @@ class Trainer:
         random.setstate(state["python_rng"])
         self.history = state["history"]
         self.start_epoch = state["epoch"]
+        if self.strategy is not None:
+            self.strategy.load_state_dict(state["strategy"])
         return True
 
     # ---- loop -------------------------------------------------------------------------------------
@@ -306,13 +343,22 @@ class Trainer:
                    disable=not self.progress, mininterval=2.0, leave=False)
         if cfg["drop_path"]:
             self.model.backbone.drop_path_prob = cfg["drop_path"] * epoch / cfg["epochs"]  # DARTS train.py
+        strategy = self.strategy
+        if strategy is not None:
+            strategy.start_epoch(epoch)
+            search_batches = self._search_batches(epoch)
         for step, (images, labels, ids) in enumerate(bar):
             inputs, targets = task.prepare(images.float() / 255.0, labels, ids, train=True, generator=self.generator)
             if cfg["cutout"] and inputs.dim() == 4:
                 inputs = cutout(inputs, cfg["cutout"], self.generator)
+            if strategy is not None:
+                search_batch = next(search_batches)
+                if strategy.arch_first:
+                    strategy.arch_step(self.model, (inputs, targets), search_batch, self.optimizer)
             arch = self.path_sampler(self.path_rng) if self.path_sampler else None
+            mixture = strategy.mixture() if strategy is not None else None
             with _autocast(self.device, cfg["amp"]):
-                outputs = self.model(inputs, arch=arch)
+                outputs = self.model(inputs, arch=arch, mixture=mixture)
                 aux = self.model.aux_logits() if cfg["aux_weight"] else None
             loss = task.loss(outputs.float(), targets, cfg["label_smoothing"])
             if aux is not None:
@@ -324,6 +370,8 @@ class Trainer:
             if cfg["grad_clip"]:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg["grad_clip"])
             self.optimizer.step()
+            if strategy is not None and not strategy.arch_first:
+                strategy.arch_step(self.model, (inputs, targets), search_batch, self.optimizer)
             if cfg["lr_step"] == "iter":
                 self.scheduler.step()
             loss_sum += loss.detach() * targets.shape[0]
@@ -334,7 +382,17 @@ class Trainer:
         self._check_finite(loss_sum, epoch, None)
         if cfg["lr_step"] == "epoch":
             self.scheduler.step()
-        return {"train_loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * float(correct) / max(count, 1)}
+        record = {"train_loss": float(loss_sum) / max(seen, 1), "train_acc": 100.0 * float(correct) / max(count, 1)}
+        return {**record, **strategy.epoch_metrics()} if strategy is not None else record
+
+    def _search_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The architecture steps' batches of one epoch: the search split in shuffled passes, prepared and
+        augmented as training batches (xautodl, UnNAS), from a generator of their own per (seed, epoch)."""
+        generator = torch.Generator().manual_seed(stream_seed(self.seed, epoch, SEARCH_STREAM))
+        while True:
+            for images, labels, ids in iterate_batches(self.data, "search", self.cfg["batch_size"], shuffle=True,
+                                                       generator=generator, drop_last=True):
+                yield self.model.task.prepare(images.float() / 255.0, labels, ids, train=True, generator=generator)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int | None) -> None:
         if not torch.isfinite(loss):
@@ -349,7 +407,12 @@ class Trainer:
         for epoch in range(self.start_epoch, self.cfg["epochs"]):
             lr = self.optimizer.param_groups[0]["lr"]
             record: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **self._train_epoch(epoch)}
-            if self.path_sampler is None or self.eval_arch is not None:
+            if self.strategy is not None:
+                evaluated = evaluate(self.model, self.data, self.cfg["eval_split"], self.cfg["batch_size"], self.device,
+                                     mixture=self.strategy.eval_mixture(),
+                                     seed=stream_seed(self.seed, epoch, EVAL_STREAM), amp=self.cfg["amp"])
+                record.update({"eval_loss": evaluated["loss"], "eval_acc": evaluated["acc"]})
+            elif self.path_sampler is None or self.eval_arch is not None:
                 if self.cfg["precise_bn_images"]:
                     batches = precise_bn_batches(self.cfg["precise_bn_images"], self.cfg["batch_size"],
                                                  len(self.data.splits["train"]))

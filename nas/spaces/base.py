@@ -18,6 +18,42 @@ Arch = tuple[int, ...]
 SupernetPath = Arch | tuple[Arch, ...]
 """What one supernet step runs: one Arch for every cell, or one Arch per cell in network order."""
 
+
+@dataclass(frozen=True)
+class HardMixture:
+    """GDAS's straight-through sample (xautodl ``search_model_gdas``): ``weights`` hold one-hot values that carry
+    the softmax's gradient; ``chosen`` (nested lists of ints, ``weights.shape[:-1]``) the op each edge runs, the
+    only one it runs. With ``grad_all`` the other ops' weights (value 0) are added to the node as scalars, so
+    that every alpha gets a gradient (xautodl ``gdas``; ``gdas_v1`` leaves them out)."""
+
+    weights: torch.Tensor
+    chosen: list
+    grad_all: bool = True
+
+
+Mixture = torch.Tensor | HardMixture
+"""What a supernet's mixture mode runs: op weights per edge (softmax, all ops run) or a ``HardMixture``."""
+
+
+def edge_terms(mixture: Mixture, position: tuple[int, ...],
+               run_op: Callable[[int], torch.Tensor | None]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+    """One edge of a mixture: its weighted op outputs (``run_op(k)`` is op k's output, None for ``none``) and
+    a scalar for its node (GDAS's zero-valued terms), or None."""
+    if isinstance(mixture, HardMixture):
+        row = mixture.weights[position]
+        chosen = mixture.chosen
+        for i in position:
+            chosen = chosen[i]
+        out = run_op(chosen)
+        terms = [] if out is None else [row[chosen] * out]
+        return terms, (row.sum() - row[chosen]) if mixture.grad_all else None
+    row = mixture[position]
+    return [row[k] * out for k in range(row.shape[-1]) if (out := run_op(k)) is not None], None
+
+
+def mixture_weights(mixture: Mixture) -> torch.Tensor:
+    return mixture.weights if isinstance(mixture, HardMixture) else mixture
+
 SUPERNET_SAMPLING = ("per_cell", "shared")
 MUTATE_CELLS = ("normal", "all")
 # Distinct draws tried per architecture wanted, for spaces too large to enumerate.
@@ -49,7 +85,7 @@ class Supernet(Backbone):
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor, arch: SupernetPath | None = None,
-                mixture: torch.Tensor | None = None) -> torch.Tensor:
+                mixture: Mixture | None = None) -> torch.Tensor:
         ...
 
 
@@ -182,6 +218,22 @@ class SearchSpace(abc.ABC):
     @abc.abstractmethod
     def angle_vector(self, supernet: Supernet, head: nn.Module, arch: Arch) -> torch.Tensor | None:
         """The RLNAS weight vector of ``arch`` in ``supernet``; None when no input-output path survives."""
+
+    # ---- differentiable search ---------------------------------------------------------------------------
+    mixture_shape: tuple[int, ...] | None = None
+    """Shape of the op weights the supernet's mixture mode takes (..., ops); None: no differentiable search."""
+    mixture_ops: tuple[str, ...] = ()
+    """Names of the ops along the last axis of ``mixture_shape``."""
+    derive_rules: tuple[str, ...] = ()
+    """Rules ``derive`` knows, the space's reference first."""
+
+    def derive(self, weights: torch.Tensor, rule: str) -> Arch:
+        """The discrete architecture that op weights of ``mixture_shape`` stand for, by ``rule``."""
+        raise ConfigError(f"space {self.name!r} has no differentiable search")
+
+    def op_names(self, arch: Arch) -> list[str]:
+        """The op of every edge (or input pair) of ``arch``, for shares such as DARTS's skip-connection collapse."""
+        raise ConfigError(f"space {self.name!r} does not list its ops")
 
     def describe(self) -> dict[str, Any]:
         return {"space": self.name, **self.cfg}

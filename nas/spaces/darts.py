@@ -191,6 +191,39 @@ class DartsSpace(SearchSpace):
             macs += entry[1]
         return ArchCost(params=params, flops=macs)
 
+    # ---- differentiable search ----------------------------------------------------------------------------
+    mixture_shape = (2, len(genotype.EDGE_INPUTS), len(OPS))
+    mixture_ops = OPS
+    derive_rules = ("darts", "top2")
+
+    def derive(self, weights: torch.Tensor, rule: str) -> Arch:
+        """Each node's two (op, input) pairs from op weights (cell type, edge, op). ``darts`` (DARTS
+        ``genotype()``, as UnNAS's): the two inputs whose best non-none op weighs most, each with that op;
+        ``top2`` (xautodl's NASNet-space ``genotype``): the two largest (op != none, input) weights, which
+        may share an input. Ties go to the lower input, then the lower op index."""
+        if rule not in self.derive_rules:
+            raise ConfigError(f"config key 'differentiable.derive': {rule!r} is not a rule of space darts; "
+                              f"allowed: {', '.join(self.derive_rules)}")
+        table = weights.detach().double().cpu().tolist()
+        cells = []
+        for cell in range(2):
+            cell_pairs: list[tuple[int, int]] = []
+            for node in range(NUM_NODES):
+                rows = {src: table[cell][EDGE_POS[(node, src)]] for src in range(2 + node)}
+                if rule == "darts":
+                    best = {src: max(range(1, len(OPS)), key=lambda k, row=row: (row[k], -k)) for src, row in rows.items()}
+                    chosen = sorted(rows, key=lambda src: (-rows[src][best[src]], src))[:2]
+                    cell_pairs += [(best[src], src) for src in chosen]
+                else:
+                    ranked = sorted(((src, k) for src in rows for k in range(1, len(OPS))),
+                                    key=lambda sk: (-rows[sk[0]][sk[1]], sk[0], sk[1]))
+                    cell_pairs += [(k, src) for src, k in ranked[:2]]
+            cells.append(cell_pairs)
+        return genotype.from_pairs(*cells)
+
+    def op_names(self, arch: Arch) -> list[str]:
+        return [OPS[op] for cell in (0, 1) for _node, op, _src in genotype.pairs(arch, cell)]
+
     # ---- RLNAS angle vector ---------------------------------------------------------------------------
     def angle_vector(self, supernet: DartsSupernet, head: nn.Module, arch: Arch) -> torch.Tensor | None:
         """RLNAS ``get_arch_vector`` (``evolution_search/test_server.py``) on the arch's pairs.

@@ -240,6 +240,13 @@ def _from_pair_lists(geno: dict[str, Any], label: str) -> Arch:
     return tuple(genes)
 
 
+def from_pairs(normal: Sequence[tuple[int, int]], reduce: Sequence[tuple[int, int]]) -> Arch:
+    """An Arch from each cell's 8 (op index, input) pairs in node order; ConfigError when they do not form one."""
+    named = {cell: [[OPS[op], src] for op, src in cell_pairs] for cell, cell_pairs in (("normal", normal),
+                                                                                    ("reduce", reduce))}
+    return _from_pair_lists({**named, "normal_concat": CONCAT, "reduce_concat": CONCAT}, "derived cell")
+
+
 def published() -> dict[str, Arch]:
     """The published DARTS-space genotypes by name (module docstring), in the data file's order."""
     return dict(_published())

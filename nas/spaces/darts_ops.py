@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..registry import ConfigError
-from .base import Arch, Backbone, Supernet, SupernetPath
+from .base import Arch, Backbone, Mixture, Supernet, SupernetPath, edge_terms, mixture_weights
 from .darts_genotype import EDGE_INPUTS, NUM_NODES, OPS, pairs
 
 STEMS = ("cifar", "imagenet")
@@ -164,8 +164,10 @@ class _Cell(nn.Module):
         return 2 if self.reduction and src < 2 else 1
 
     def run_nodes(self, s0: torch.Tensor, s1: torch.Tensor,
-                  node_terms: Callable[[int, list[torch.Tensor]], list[torch.Tensor]]) -> torch.Tensor:
-        """Concatenated nodes 2..5, node m the sum of ``node_terms(m, states)`` (zeros when it has none)."""
+                  node_terms: Callable[[int, list[torch.Tensor]], list[torch.Tensor]],
+                  scalars: dict[int, list[torch.Tensor]] | None = None) -> torch.Tensor:
+        """Concatenated nodes 2..5, node m the sum of ``node_terms(m, states)`` (zeros when it has none) and of
+        the scalars ``node_terms`` left in ``scalars[m]``."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         for node in range(NUM_NODES):
             terms = node_terms(node, states)
@@ -178,6 +180,8 @@ class _Cell(nn.Module):
                 if self.reduction:
                     h, w = (h + 1) // 2, (w + 1) // 2
                 total = states[1].new_zeros((b, c, h, w))
+            if scalars and scalars.get(node):
+                total = total + sum(scalars[node])
             states.append(total)
         return torch.cat(states[2:], dim=1)
 
@@ -229,15 +233,24 @@ class SuperCell(_Cell):
 
         return self.run_nodes(s0, s1, terms)
 
-    def forward_mixture(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward_mixture(self, s0: torch.Tensor, s1: torch.Tensor, mixture: Mixture, cell_type: int) -> torch.Tensor:
+        """Node = sum over its edges of the weighted ops of ``mixture[cell_type]`` (``none`` adds nothing; a hard
+        mixture runs one op per edge and may add GDAS's zero-valued scalars)."""
+        extras: dict[int, list[torch.Tensor]] = {}
+
         def terms(node: int, states: list[torch.Tensor]) -> list[torch.Tensor]:
             out = []
             for src in range(2 + node):
                 pos = EDGE_POS[(node, src)]
-                out += [weights[pos, k] * self.edges[pos][OPS[k]](states[src]) for k in range(1, len(OPS))]
+                edge = self.edges[pos]
+                edge_out, extra = edge_terms(mixture, (cell_type, pos),
+                                             lambda k, src=src, edge=edge: edge[OPS[k]](states[src]) if k else None)
+                out += edge_out
+                if extra is not None:
+                    extras.setdefault(node, []).append(extra)
             return out
 
-        return self.run_nodes(s0, s1, terms)
+        return self.run_nodes(s0, s1, terms, extras)
 
 
 class AuxiliaryHead(nn.Module):
@@ -355,16 +368,17 @@ class DartsSupernet(_Macro, Supernet):
                          lambda *shape: SuperCell(*shape, affine=bn_affine, track_stats=bn_track_stats))
 
     def forward(self, x: torch.Tensor, arch: SupernetPath | None = None,
-                mixture: torch.Tensor | None = None) -> torch.Tensor:
+                mixture: Mixture | None = None) -> torch.Tensor:
         if (arch is None) == (mixture is None):
             raise ValueError("DartsSupernet.forward needs exactly one of arch= (one path) or mixture= (op weights)")
         s0, s1 = self.stem(x)
         if mixture is not None:
-            if tuple(mixture.shape) != (2, len(EDGE_INPUTS), len(OPS)):
+            shape = tuple(mixture_weights(mixture).shape)
+            if shape != (2, len(EDGE_INPUTS), len(OPS)):
                 raise ValueError(f"mixture must have shape (2, {len(EDGE_INPUTS)}, {len(OPS)}) (cell type, edge, op), "
-                                 f"got {tuple(mixture.shape)}")
+                                 f"got {shape}")
             for cell in self.cells:
-                s0, s1 = s1, cell.forward_mixture(s0, s1, mixture[int(cell.reduction)])
+                s0, s1 = s1, cell.forward_mixture(s0, s1, mixture, int(cell.reduction))
             return s1
         for cell, cell_pairs in zip(self.cells, self._cell_pairs(arch)):
             s0, s1 = s1, cell.forward_path(s0, s1, cell_pairs)

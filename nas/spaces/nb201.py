@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import ConfigError
-from .base import Arch, ArchCost, Backbone, SearchSpace, Supernet, SupernetPath
+from .base import Arch, ArchCost, Backbone, Mixture, SearchSpace, Supernet, SupernetPath, edge_terms, mixture_weights
 from .cost import count_macs, count_params
 from .registry import SPACES
 
@@ -147,18 +147,26 @@ class Cell(nn.Module):
             nodes.append(total.result(like=x))
         return nodes[-1]
 
-    def forward_mixture(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward_mixture(self, x: torch.Tensor, mixture: Mixture) -> torch.Tensor:
+        """Node = sum over its edges of the weighted ops (``none`` adds nothing; a hard mixture runs one op)."""
         nodes = [x]
         inputs = _NodeInputs(nodes)
         for node in range(1, NUM_NODES):
             total = _NodeSum()
+            extras = []
             for src in range(node):
                 pos = _EDGE_POS[(node, src)]
-                for k, name in enumerate(OPS):
-                    if name != "none":
-                        out, _ = inputs.apply(self.edges[pos][name], src)
-                        total.add(weights[pos, k] * out, owned=True)
-            nodes.append(total.result(like=x))
+
+                def run_op(k: int, pos: int = pos, src: int = src) -> torch.Tensor | None:
+                    return None if OPS[k] == "none" else inputs.apply(self.edges[pos][OPS[k]], src)[0]
+
+                terms, extra = edge_terms(mixture, (pos,), run_op)
+                for term in terms:
+                    total.add(term, owned=True)
+                if extra is not None:
+                    extras.append(extra)
+            value = total.result(like=x)
+            nodes.append(value + sum(extras) if extras else value)
         return nodes[-1]
 
 
@@ -285,14 +293,15 @@ class NB201Supernet(_Macro, Supernet):
         self.num_cells = sum(isinstance(layer, Cell) for layer in self.layers)
 
     def forward(self, x: torch.Tensor, arch: SupernetPath | None = None,
-                mixture: torch.Tensor | None = None) -> torch.Tensor:
+                mixture: Mixture | None = None) -> torch.Tensor:
         if (arch is None) == (mixture is None):
             raise ValueError("NB201Supernet.forward needs exactly one of arch= (one path) or mixture= (op weights)")
         if arch is not None:
             cell_archs = iter(self._cell_archs(arch))
             return self._run(x, lambda cell, h: cell.forward_path(h, next(cell_archs)))
-        if tuple(mixture.shape) != (len(EDGES), len(OPS)):
-            raise ValueError(f"mixture must have shape {(len(EDGES), len(OPS))}, got {tuple(mixture.shape)}")
+        if tuple(mixture_weights(mixture).shape) != (len(EDGES), len(OPS)):
+            raise ValueError(f"mixture must have shape {(len(EDGES), len(OPS))}, got "
+                             f"{tuple(mixture_weights(mixture).shape)}")
         return self._run(x, lambda cell, h: cell.forward_mixture(h, mixture))
 
     def _cell_archs(self, arch: SupernetPath):
@@ -387,6 +396,21 @@ class NB201Space(SearchSpace):
             for pos, gene in zip(positions, draw):
                 arch[pos] = gene
         return tuple(arch)
+
+    # ---- differentiable search ----------------------------------------------------------------------------
+    mixture_shape = (len(EDGES), len(OPS))
+    mixture_ops = OPS
+    derive_rules = ("argmax",)
+
+    def derive(self, weights: torch.Tensor, rule: str) -> Arch:
+        """xautodl ``genotype()``: the op of largest weight on each edge, ``none`` included."""
+        if rule not in self.derive_rules:
+            raise ConfigError(f"config key 'differentiable.derive': {rule!r} is not a rule of space nb201; "
+                              f"allowed: {', '.join(self.derive_rules)}")
+        return tuple(int(k) for k in weights.detach().argmax(dim=-1).tolist())
+
+    def op_names(self, arch: Arch) -> list[str]:
+        return [OPS[g] for g in arch]
 
     # ---- networks ---------------------------------------------------------------------------------
     def build_network(self, arch: Arch, in_channels: int) -> NB201Network:

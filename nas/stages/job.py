@@ -8,7 +8,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import yaml
@@ -27,7 +27,7 @@ SUMMARY = "summary.json"
 JOB_STATE = ".job_state.json"
 # What a job leaves in its output folder; a fresh (not resumed) run clears exactly these.
 JOB_FILES = ("checkpoint.pt", "weights_init.pt", "weights_final.pt", "metrics.csv", SUMMARY, "results.csv",
-             "scores.csv", "trace.csv", "topk.json")
+             "scores.csv", "trace.csv", "topk.json", "alphas.csv", "derived.csv")
 
 
 def begin_job(out_dir: Path) -> bool:
@@ -156,10 +156,13 @@ def _history_writer(path: Path, run: TrackedRun):
     return on_epoch, history
 
 
-def _resume_and_fit(trainer: Trainer, run: TrackedRun, metrics_csv: Path,
-                    checkpoint: dict[str, Any] | None) -> list[dict[str, Any]]:
-    on_epoch, history = _history_writer(metrics_csv, run)
-    trainer.on_epoch = on_epoch
+def _resume_and_fit(trainer: Trainer, run: TrackedRun, metrics_csv: Path, checkpoint: dict[str, Any] | None,
+                    enrich: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Resume from ``checkpoint`` if any and train; every epoch's record (``enrich``-ed, e.g. with a search's
+    derived cell) goes to ``metrics_csv`` and the run, the resumed epochs' again."""
+    write, history = _history_writer(metrics_csv, run)
+    trainer.on_epoch = write if enrich is None else (lambda record: write(enrich(record)))
+    on_epoch = trainer.on_epoch
     if trainer.resume(checkpoint):
         print(f"[nas] {trainer.label}: resuming after epoch {trainer.start_epoch} from {trainer.checkpoint}", flush=True)
         for record in trainer.history:  # the new run carries the whole curve
