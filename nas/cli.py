@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folders of `nas search` by angle: their best cells are marked in the angle figure")
 
     p = stages.add_parser("collect", help="tidy one table from per-job result files")
-    p.add_argument("--kind", required=True, choices=["standalone", "proxies", "search", "zero_cost"])
+    p.add_argument("--kind", required=True, choices=["standalone", "proxies", "search", "zero_cost", "differentiable",
+                                                     "differentiable_epochs"],
+                   help="differentiable(_epochs): --inputs are search-differentiable summary.json files (and, for "
+                        "differentiable, the results.csv of their retrainings)")
     p.add_argument("--inputs", required=True, nargs="+", type=Path)
     p.add_argument("--out", required=True, type=Path, help="CSV to write")
 
@@ -90,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--correlations", required=True, type=Path, help="output folder of `nas correlate`")
     p.add_argument("--search", type=Path, help="table from `nas collect --kind search`")
+
+    p = stages.add_parser("figures-differentiable",
+                          help="the differentiable searches' figures (alphas, derived cells, skip share), logged to MLflow")
+    _common(p)
+    p.add_argument("--table", required=True, type=Path, help="table from `nas collect --kind differentiable`")
+    p.add_argument("--epochs", required=True, type=Path, help="table from `nas collect --kind differentiable_epochs`")
 
     p = stages.add_parser("tracking-sync", help="send the tracking calls a store missed (jobs that ran offline)")
     p.add_argument("folders", nargs="+", type=Path, help="job output folders or any folder above them, e.g. results/")
@@ -188,6 +197,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         summary = stages.correlate(cfg, args.out, args.standalone, args.proxies, args.zero_cost, tracking_info, tags)
     elif args.stage == "figures":
         summary = stages.figures(cfg, args.out, args.correlations, args.search, tracking_info, tags)
+    elif args.stage == "figures-differentiable":
+        from .stages.analysis import figures_differentiable
+
+        summary = figures_differentiable(cfg, args.out, args.table, args.epochs, tracking_info, tags)
     else:
         summary = stages.train(cfg, args.out, args.arch, args.archs, args.shard, args.top, tracking_info, tags)
     print(f"[nas] {args.stage} complete: {args.out / stages.SUMMARY} ({summary['wall_seconds']:.1f} s)")

@@ -25,7 +25,7 @@ PUBLISHED_NAMES = [
     "UNNAS_IMAGENET_CLS", "UNNAS_IMAGENET_ROT", "UNNAS_IMAGENET_COL", "UNNAS_IMAGENET_JIG",
     "UNNAS_IMAGENET22K_CLS", "UNNAS_IMAGENET22K_ROT", "UNNAS_IMAGENET22K_COL", "UNNAS_IMAGENET22K_JIG",
     "UNNAS_CITYSCAPES_SEG", "UNNAS_CITYSCAPES_ROT", "UNNAS_CITYSCAPES_COL", "UNNAS_CITYSCAPES_JIG",
-    "RLNAS_CIFAR10", "RLNAS_IMAGENET", "RLNAS_IMAGENET_600M", "GDAS_V1", "UNAS_CIFAR10", "UNAS_IMAGENET",
+    "RLNAS_CIFAR10", "RLNAS_IMAGENET", "RLNAS_IMAGENET_600M", "GDAS_V1", "UNAS_CIFAR10", "UNAS_CIFAR100", "UNAS_IMAGENET",
 ]
 
 
@@ -78,14 +78,15 @@ class HighestRandom(LowestRandom):
 # ---- encoding -------------------------------------------------------------------------------------------
 def test_constants():
     assert dg.OPS[0] == "none" and len(dg.OPS) == 8
-    assert dg.CHOICES == (8, 2, 8, 2, 8, 3, 8, 3, 8, 4, 8, 4, 8, 5, 8, 5) * 2
+    # op genes take the 8 DARTS ops and UNAS's sep_conv_7x7
+    assert dg.CHOICES == (9, 2, 9, 2, 9, 3, 9, 3, 9, 4, 9, 4, 9, 5, 9, 5) * 2
     assert dg.EDGES_PER_CELL == len(dg.EDGE_INPUTS) == 14
     assert dg.EDGE_INPUTS[:5] == ((0, 0), (0, 1), (1, 0), (1, 1), (1, 2)) and dg.EDGE_INPUTS[-1] == (3, 4)
 
 
 def test_published_names_and_darts_v2_genes():
     named = dg.published()
-    assert list(named) == PUBLISHED_NAMES  # UNAS_CIFAR100 (sep_conv_7x7) left out
+    assert list(named) == PUBLISHED_NAMES
     assert named["DARTS_V2"] == DARTS_V2_GENES
     assert dg.pairs(named["DARTS_V2"], 0)[6:] == [(3, 3, 0), (3, 6, 2)]
     assert dg.to_edges(named["DARTS_V2"])[:14] == DARTS_V2_NORMAL_EDGES
@@ -104,7 +105,7 @@ def test_a_node_s_pairs_in_either_order_are_one_arch():
 
 def test_text_round_trip_published_and_unnas():
     archs = list(dg.published().values()) + [a for _, a in dg.unnas_samples()]
-    assert len(archs) == 23 + 500
+    assert len(archs) == 24 + 500
     for arch in archs:
         text = dg.to_text(arch)
         assert " " not in text and "\n" not in text

@@ -187,7 +187,7 @@ def test_encoding_round_trips_and_is_not_enumerable():
     assert space.from_str(space.to_str(arch)) == arch
     assert space.from_str("pdarts") == arch
     assert space.to_index(arch) == space.to_index(tuple(arch)) != space.to_index(genotype.published()["DARTS_V2"])
-    assert not space.enumerable and space.num_archs() == 8 ** 16 * (2 * 3 * 4 * 5) ** 4
+    assert not space.enumerable and space.num_archs() == 9 ** 16 * (2 * 3 * 4 * 5) ** 4
     with pytest.raises(ConfigError, match="not enumerable"):
         space.from_index(0)
     rng = random.Random(0)

@@ -26,7 +26,7 @@ from ..spaces.base import HardMixture, Mixture
 from ..train import TaskModel
 
 METHODS = ("darts_v1", "darts_v2", "gdas", "unas")
-REFERENCE_ARCH_FIRST = {"darts_v1": False, "darts_v2": True, "gdas": False, "unas": False}
+REFERENCE_ARCH_FIRST = {"darts_v1": False, "darts_v2": True, "gdas": False, "unas": True}
 
 
 def check_differentiable(space: SearchSpace, cfg: dict[str, Any]) -> str:

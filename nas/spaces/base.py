@@ -31,8 +31,34 @@ class HardMixture:
     grad_all: bool = True
 
 
-Mixture = torch.Tensor | HardMixture
-"""What a supernet's mixture mode runs: op weights per edge (softmax, all ops run) or a ``HardMixture``."""
+@dataclass(frozen=True)
+class SampleMixture:
+    """UNAS's per-sample relaxation (NVlabs/unas ``darts/model_search.py`` MixedOp): ``weights`` (positions...,
+    samples, ops) hold one row of op weights per sample, or a single row for the whole batch (samples = 1);
+    ``active`` (nested lists of bools, ``weights.shape[:-2] + (ops,)``) marks the ops that run, the others
+    (upstream: weight below 0.05 for every sample) add nothing. A backbone batch that is a multiple of the
+    samples (a jigsaw's tiles) gives each sample's rows to its consecutive inputs."""
+
+    weights: torch.Tensor
+    active: list
+
+    @staticmethod
+    def build(weights: torch.Tensor, threshold: float) -> "SampleMixture":
+        """Ops run where some sample's weight reaches ``threshold`` (one host transfer for all edges)."""
+        return SampleMixture(weights, (weights.detach().amax(dim=-2) >= threshold).tolist())
+
+    def for_batch(self, batch: int) -> "SampleMixture":
+        samples = self.weights.shape[-2]
+        if samples in (1, batch):
+            return self
+        if batch % samples:
+            raise ValueError(f"a mixture of {samples} samples cannot weigh a batch of {batch} inputs")
+        return SampleMixture(self.weights.repeat_interleave(batch // samples, dim=-2), self.active)
+
+
+Mixture = torch.Tensor | HardMixture | SampleMixture
+"""What a supernet's mixture mode runs: op weights per edge (softmax, all ops run), a ``HardMixture`` or a
+``SampleMixture``."""
 
 
 def edge_terms(mixture: Mixture, position: tuple[int, ...],
@@ -47,12 +73,22 @@ def edge_terms(mixture: Mixture, position: tuple[int, ...],
         out = run_op(chosen)
         terms = [] if out is None else [row[chosen] * out]
         return terms, (row.sum() - row[chosen]) if mixture.grad_all else None
+    if isinstance(mixture, SampleMixture):
+        rows = mixture.weights[position]
+        active = mixture.active
+        for i in position:
+            active = active[i]
+        terms = []
+        for k, runs in enumerate(active):
+            if runs and (out := run_op(k)) is not None:
+                terms.append(rows[:, k].view(-1, *(1,) * (out.dim() - 1)) * out)
+        return terms, None
     row = mixture[position]
     return [row[k] * out for k in range(row.shape[-1]) if (out := run_op(k)) is not None], None
 
 
 def mixture_weights(mixture: Mixture) -> torch.Tensor:
-    return mixture.weights if isinstance(mixture, HardMixture) else mixture
+    return mixture.weights if isinstance(mixture, (HardMixture, SampleMixture)) else mixture
 
 SUPERNET_SAMPLING = ("per_cell", "shared")
 MUTATE_CELLS = ("normal", "all")

@@ -1,4 +1,5 @@
-"""The DARTS cell space (Liu et al., ICLR 2019) as RLNAS and UnNAS search it: encoding, networks, costs, angle.
+"""The DARTS cell space (Liu et al., ICLR 2019) as RLNAS, UnNAS and UNAS search it: encoding, networks, costs,
+angle. UNAS's sep_conv_7x7 is an op of its architectures (``darts_genotype.GENOTYPE_OPS``) beside DARTS's eight.
 
 Architectures, their text forms and RLNAS's sampling and evolution operators: ``darts_genotype``. Modules
 and networks: ``darts_ops``. Config: ``space.darts`` (network, supernet, angle).
@@ -17,13 +18,14 @@ from ..registry import ConfigError
 from . import darts_genotype as genotype
 from .base import Arch, ArchCost, SearchSpace, stable_index
 from .cost import count_macs, count_params
-from .darts_genotype import CHOICES, NUM_NODES, OPS
+from .darts_genotype import CHOICES, GENOTYPE_OPS, NUM_NODES, OPS
 from .darts_ops import EDGE_POS, DartsNetwork, DartsSupernet, FactorizedReduce, SuperCell, make_op
 from .registry import SPACES
 
 # Where the FLOPs budget of ``network.flops_budget`` is measured: (image size, classes) per stem.
 BUDGET_SETTING = {"imagenet": (224, 1000), "cifar": (32, 10)}
-_SEP, _DIL, _POOL = ("sep_conv_3x3", "sep_conv_5x5"), ("dil_conv_3x3", "dil_conv_5x5"), ("max_pool_3x3", "avg_pool_3x3")
+_SEP = ("sep_conv_3x3", "sep_conv_5x5", "sep_conv_7x7")
+_DIL, _POOL = ("dil_conv_3x3", "dil_conv_5x5"), ("max_pool_3x3", "avg_pool_3x3")
 
 
 def _min_channels(stem: str) -> int:
@@ -58,11 +60,11 @@ def _cost_table(channels: int, cells: int, stem: str, num_classes: int, in_chann
         op = make_op(name, c, stride, affine=True, track_stats=True)
         return (0, 0) if op is None else (count_params(op), count_macs(op, torch.zeros(1, c, h, w)))
 
-    normal = [[0, 0] for _ in OPS]
-    reduce = [[[0, 0], [0, 0]] for _ in OPS]
+    normal = [[0, 0] for _ in GENOTYPE_OPS]
+    reduce = [[[0, 0], [0, 0]] for _ in GENOTYPE_OPS]
     measured: dict[tuple, tuple[int, int]] = {}
     for cell, (_b, c, h, w) in zip(empty.cells, shapes):
-        for k, name in enumerate(OPS):
+        for k, name in enumerate(GENOTYPE_OPS):
             for strided in ((False, True) if cell.reduction else (False,)):
                 hh, ww = ((h + 1) // 2, (w + 1) // 2) if cell.reduction and not strided else (h, w)
                 key = (name, c, hh, ww, 2 if strided else 1)
@@ -168,10 +170,12 @@ class DartsSpace(SearchSpace):
         return DartsNetwork(arch, in_channels, self.network_channels(arch, in_channels), int(net["cells"]),
                             net["stem"], bool(net["auxiliary"]), bool(net["aux_second_bn"]))
 
-    def build_supernet(self, in_channels: int) -> DartsSupernet:
+    def build_supernet(self, in_channels: int, ops: tuple[str, ...] = OPS, pool_bn: bool = True) -> DartsSupernet:
+        """``space.darts.supernet``'s network; ``ops`` and ``pool_bn`` as ``DartsSupernet`` takes them (UNAS
+        builds it with its own list)."""
         sup = self.supernet_cfg
         return DartsSupernet(in_channels, int(sup["channels"]), int(sup["cells"]), sup["stem"],
-                             bool(sup["bn_affine"]), bool(sup["bn_track_stats"]))
+                             bool(sup["bn_affine"]), bool(sup["bn_track_stats"]), ops, pool_bn)
 
     def cost(self, arch: Arch, num_classes: int, in_channels: int = 3, image_size: int = 32) -> ArchCost:
         """Parameters and multiply-accumulates of ``build_network(arch)`` plus a linear classifier; the
@@ -222,7 +226,7 @@ class DartsSpace(SearchSpace):
         return genotype.from_pairs(*cells)
 
     def op_names(self, arch: Arch) -> list[str]:
-        return [OPS[op] for cell in (0, 1) for _node, op, _src in genotype.pairs(arch, cell)]
+        return [GENOTYPE_OPS[op] for cell in (0, 1) for _node, op, _src in genotype.pairs(arch, cell)]
 
     # ---- RLNAS angle vector ---------------------------------------------------------------------------
     def angle_vector(self, supernet: DartsSupernet, head: nn.Module, arch: Arch) -> torch.Tensor | None:
@@ -245,7 +249,7 @@ class DartsSpace(SearchSpace):
             pieces += [p.reshape(-1) for p in cell.preprocess1.parameters()]
             for (node, op, src), k in zip(cell_pairs, copies):
                 if k:
-                    op_vector = torch.cat(self._op_tensors(cell, node, OPS[op], src))
+                    op_vector = torch.cat(self._op_tensors(cell, node, GENOTYPE_OPS[op], src))
                     pieces += [op_vector] * k
         pieces += [p.reshape(-1) for name, p in head.named_parameters() if name.endswith("weight")]
         return torch.cat(pieces)
@@ -253,8 +257,8 @@ class DartsSpace(SearchSpace):
     def _op_tensors(self, cell: SuperCell, node: int, name: str, src: int) -> list[torch.Tensor]:
         """One pair's tensors in the angle vector (RLNAS): sep_conv, its 4 convs and 2 BNs; dil_conv, its 2
         convs and its BN weight twice (``angle.dil_bn_twice``) or its BN weight and bias; pooling, a constant
-        1/9 of the shape [C, 3, 3] and the following BN; skip, the FactorizedReduce at stride 2, else eye(C)."""
-        op = cell.edges[EDGE_POS[(node, src)]][name]
+        1/9 of the shape [C, 3, 3] and the following BN (none in UNAS's supernet); skip, the FactorizedReduce at stride 2, else eye(C)."""
+        op = cell.edge_op(node, src, name)
         c = cell.channels
         like = cell.preprocess1[1].weight
         if name in _SEP or (name == "skip_connect" and isinstance(op, FactorizedReduce)):
@@ -266,8 +270,9 @@ class DartsSpace(SearchSpace):
                 return convs
             return convs + ([bn.weight, bn.weight] if self.dil_bn_twice else [bn.weight, bn.bias])
         if name in _POOL:
+            # the BN after the pooling, where the supernet has one (not UNAS's)
             return [torch.full((c * 9,), 1.0 / 9.0, dtype=like.dtype, device=like.device)] + \
-                [p.reshape(-1) for p in op[1].parameters()]
+                [p.reshape(-1) for p in op.parameters()]
         return [torch.eye(c, dtype=like.dtype, device=like.device).reshape(-1)]
 
 

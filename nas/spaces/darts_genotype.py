@@ -1,10 +1,12 @@
 """DARTS-space architectures: the genotype encoding, its text forms, the shipped genotypes and RLNAS's operators.
 
 An ``Arch`` is 32 ints, the DARTS genotype form: for cell in (normal, reduce), for node in 0..3,
-``(op_a, input_a, op_b, input_b)``. ``op`` indexes ``OPS`` (DARTS PRIMITIVES order, 0 = none); ``input`` is
-0 (cell input c_{k-2}), 1 (c_{k-1}) or 2 + m for an earlier intermediate node m. Every cell concatenates
-nodes 2..5. The form holds every published DARTS-space cell and UnNAS's 500 sample-based ones, which use
-``none`` and may take both inputs of a node from one node.
+``(op_a, input_a, op_b, input_b)``. ``op`` indexes ``GENOTYPE_OPS``: the 8 DARTS ops of ``OPS`` (DARTS
+PRIMITIVES order, 0 = none) and UNAS's sep_conv_7x7 (8); ``input`` is 0 (cell input c_{k-2}), 1 (c_{k-1}) or
+2 + m for an earlier intermediate node m. Every cell concatenates nodes 2..5. The form holds every published
+DARTS-space cell, UnNAS's 500 sample-based ones (which use ``none`` and may take both inputs of a node from
+one node) and UNAS's cells. Everything that draws or searches (RLNAS's sampling and operators, the
+DARTS/GDAS mixture and its derive rules) stays on the 8 ``OPS``; UNAS's search draws over ``UNAS_OPS``.
 
 Canonical text (``to_text``), one line without spaces: ``normal=<node>|<node>|<node>|<node>;reduce=...``,
 each node ``op~input+op~input`` (pairs by input, then op), e.g. ``normal=sep_conv_3x3~0+sep_conv_3x3~1|...;reduce=max_pool_3x3~0+...``.
@@ -13,12 +15,12 @@ reduce_concat=...)`` (read with ``ast``, never evaluated), a published name (``p
 an UnNAS sample ID such as ``00004``.
 
 Published names: the ``genotypes`` of ``nas/resources/darts_genotypes.json`` (DARTS_V1/V2, GDAS_V1, PDARTS,
-PCDARTS_C10/IN1K, UnNAS's 12 searched cells, RLNAS's three) and UNAS_CIFAR10, UNAS_IMAGENET (UNAS's
-paired-input form, ops indexing UNAS's 7-op list). UNAS_CIFAR100 is not registered: its reduction cell
-uses sep_conv_7x7, which is not one of ``OPS``.
+PCDARTS_C10/IN1K, UnNAS's 12 searched cells, RLNAS's three) and UNAS_CIFAR10, UNAS_CIFAR100, UNAS_IMAGENET
+(UNAS's paired-input form, ops indexing ``UNAS_OPS``; UNAS_CIFAR100's reduction cell uses sep_conv_7x7).
 
-RLNAS searches the 28-gene EDGE form: per cell its 14 edges in DARTS order (``EDGE_INPUTS``), one op index
-each, and exactly two non-none edges per node after its ``check_cand`` repair. ``sample``, ``mutate`` and
+RLNAS searches the 28-gene EDGE form: per cell its 14 edges in DARTS order (``EDGE_INPUTS``), one ``OPS`` index
+each, and exactly two non-none edges per node after its ``check_cand`` repair (a cell with sep_conv_7x7 has
+no edge form). ``sample``, ``mutate`` and
 ``crossover`` follow RLNAS's DARTS code (``train_supernet/train.py``, ``utils.check_cand``,
 ``evolution_search/search.py``) with Python's ``random.Random`` in place of numpy's global RNG. They return
 the genotype form of ``from_edges`` (each node's pairs in increasing input order). Every Arch lists a node's
@@ -40,11 +42,16 @@ from .base import MUTATE_CELLS, Arch
 
 OPS = ("none", "max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
        "dil_conv_3x3", "dil_conv_5x5")
+GENOTYPE_OPS = OPS + ("sep_conv_7x7",)
+# UNAS's search list in its order (NVlabs/unas darts/genotypes.py set_primitives); num_ops keeps a prefix
+UNAS_OPS = ("skip_connect", "sep_conv_3x3", "max_pool_3x3", "dil_conv_3x3", "sep_conv_5x5", "avg_pool_3x3",
+            "sep_conv_7x7")
 NUM_NODES = 4
 CELLS = ("normal", "reduce")
 CONCAT = (2, 3, 4, 5)
 CHOICES: tuple[int, ...] = tuple(
-    n for _cell in CELLS for node in range(NUM_NODES) for n in (len(OPS), 2 + node, len(OPS), 2 + node)
+    n for _cell in CELLS for node in range(NUM_NODES)
+    for n in (len(GENOTYPE_OPS), 2 + node, len(GENOTYPE_OPS), 2 + node)
 )
 GENES_PER_CELL = 4 * NUM_NODES
 EDGE_INPUTS: tuple[tuple[int, int], ...] = tuple((node, src) for node in range(NUM_NODES) for src in range(2 + node))
@@ -77,7 +84,7 @@ def to_text(arch: Arch) -> str:
     cells = []
     for cell, name in enumerate(CELLS):
         cell_pairs = pairs(arch, cell)
-        nodes = ["+".join(f"{OPS[op]}~{src}" for _node, op, src in cell_pairs[2 * n:2 * n + 2])
+        nodes = ["+".join(f"{GENOTYPE_OPS[op]}~{src}" for _node, op, src in cell_pairs[2 * n:2 * n + 2])
                  for n in range(NUM_NODES)]
         cells.append(f"{name}=" + "|".join(nodes))
     return ";".join(cells)
@@ -95,14 +102,14 @@ def _cell_genes(cell_pairs: Sequence[Any], cell: str, text: str) -> list[int]:
             raise ConfigError(f"invalid DARTS architecture {text!r}: {pair!r} in cell {cell} is not an "
                               "(op, input) pair")
         op, src = pair
-        if op not in OPS:
+        if op not in GENOTYPE_OPS:
             raise ConfigError(f"invalid DARTS architecture {text!r}: unknown op {op!r} in cell {cell}; "
-                              f"allowed: {', '.join(OPS)}")
+                              f"allowed: {', '.join(GENOTYPE_OPS)}")
         if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < 2 + node:
             raise ConfigError(f"invalid DARTS architecture {text!r}: node {node} of cell {cell} takes input {src!r}; "
                               f"allowed: 0..{1 + node} (the two cell inputs and earlier nodes, never itself or a "
                               f"later node)")
-        genes += [OPS.index(op), src]
+        genes += [GENOTYPE_OPS.index(op), src]
     # A node is the sum of its two inputs: one order of the pairs, by (input, op), makes equal cells one Arch.
     for node in range(NUM_NODES):
         first, second = genes[4 * node:4 * node + 2], genes[4 * node + 2:4 * node + 4]
@@ -226,8 +233,7 @@ def _published() -> dict[str, Arch]:
     for name, geno in unas["genotypes"].items():
         cells = {cell: [(unas["ops"][op], src) for node in geno[cell] for op, src in zip(node["ops"], node["inputs"])]
                  for cell in CELLS}
-        if all(op in OPS for cell_pairs in cells.values() for op, _src in cell_pairs):  # not UNAS_CIFAR100
-            named[name] = _from_pair_lists({**cells, "normal_concat": CONCAT, "reduce_concat": CONCAT}, name)
+        named[name] = _from_pair_lists({**cells, "normal_concat": CONCAT, "reduce_concat": CONCAT}, name)
     return named
 
 
@@ -241,8 +247,9 @@ def _from_pair_lists(geno: dict[str, Any], label: str) -> Arch:
 
 
 def from_pairs(normal: Sequence[tuple[int, int]], reduce: Sequence[tuple[int, int]]) -> Arch:
-    """An Arch from each cell's 8 (op index, input) pairs in node order; ConfigError when they do not form one."""
-    named = {cell: [[OPS[op], src] for op, src in cell_pairs] for cell, cell_pairs in (("normal", normal),
+    """An Arch from each cell's 8 (``GENOTYPE_OPS`` index, input) pairs in node order; ConfigError when they do
+    not form one."""
+    named = {cell: [[GENOTYPE_OPS[op], src] for op, src in cell_pairs] for cell, cell_pairs in (("normal", normal),
                                                                                     ("reduce", reduce))}
     return _from_pair_lists({**named, "normal_concat": CONCAT, "reduce_concat": CONCAT}, "derived cell")
 
@@ -272,13 +279,18 @@ def unnas_samples() -> list[tuple[str, Arch]]:
 # ---- RLNAS's edge form ------------------------------------------------------------------------------------
 def to_edges(arch: Arch) -> tuple[int, ...]:
     """The 28 edge genes (14 per cell, ``EDGE_INPUTS`` order, 0 = no edge); ValueError when a node has a
-    ``none`` pair or both pairs on one input (the edge form cannot hold it)."""
+    ``none`` pair, both pairs on one input or an op outside ``OPS`` (the edge form cannot hold it)."""
     edges = [0] * (len(CELLS) * EDGES_PER_CELL)
     for cell in range(len(CELLS)):
         for node, op, src in pairs(arch, cell):
             pos = cell * EDGES_PER_CELL + _EDGE_OFFSET[node] + src
-            if op == 0 or edges[pos]:
-                why = "a none input" if op == 0 else f"two inputs from node {src}"
+            if op == 0 or op >= len(OPS) or edges[pos]:
+                if op == 0:
+                    why = "a none input"
+                elif op >= len(OPS):
+                    why = f"op {GENOTYPE_OPS[op]}, which is not one of RLNAS's"
+                else:
+                    why = f"two inputs from node {src}"
                 raise ValueError(f"DARTS architecture {to_text(arch)!r} has no edge form: node {node} of cell "
                                  f"{CELLS[cell]} has {why}")
             edges[pos] = op
@@ -304,11 +316,11 @@ def from_edges(edges: Sequence[int]) -> Arch:
 
 
 def is_trainable(arch: Arch) -> bool:
-    """RLNAS's rule: every node has two non-none inputs from distinct nodes (the edge form can hold it)."""
+    """RLNAS's rule: every node has two non-none inputs of ``OPS`` from distinct nodes (the edge form can hold it)."""
     for cell in range(len(CELLS)):
         cell_pairs = pairs(arch, cell)
         for (_, op_a, src_a), (_, op_b, src_b) in zip(cell_pairs[0::2], cell_pairs[1::2]):
-            if op_a == 0 or op_b == 0 or src_a == src_b:
+            if not (0 < op_a < len(OPS) and 0 < op_b < len(OPS)) or src_a == src_b:
                 return False
     return True
 

@@ -1,4 +1,5 @@
-"""DARTS-space modules: the eight operations, stems, cells, auxiliary heads and the two networks.
+"""DARTS-space modules: the operations (DARTS's eight and UNAS's sep_conv_7x7), stems, cells, auxiliary heads
+and the two networks.
 
 Facts followed (quark0/darts ``cnn/operations.py``, ``cnn/model.py``, ``cnn/model_search.py``; RLNAS
 ``darts_search_space/*/rlnas/train_supernet/super_model.py``; UnNAS ``pycls/models/nas/nas.py``):
@@ -10,7 +11,8 @@ Facts followed (quark0/darts ``cnn/operations.py``, ``cnn/model.py``, ``cnn/mode
   have stride 2;
 - stems: cifar, conv3x3 to 3C + BN (both cell inputs); imagenet, the stride-4 stem0 and stride-2 stem1;
 - reductions at cells//3 and 2*cells//3; the auxiliary head reads the output of cell 2*cells//3;
-- the supernet's edges hold the seven non-none ops, each pooling followed by a BN (MixedOp).
+- the supernet's edges hold the seven non-none DARTS ops, each pooling followed by a BN (MixedOp); a supernet
+  built with UNAS's op list (NVlabs/unas ``darts/model_search.py``) holds those, its pooling without a BN.
 """
 from __future__ import annotations
 
@@ -22,13 +24,12 @@ import torch
 from torch import nn
 
 from ..registry import ConfigError
-from .base import Arch, Backbone, Mixture, Supernet, SupernetPath, edge_terms, mixture_weights
-from .darts_genotype import EDGE_INPUTS, NUM_NODES, OPS, pairs
+from .base import Arch, Backbone, Mixture, SampleMixture, Supernet, SupernetPath, edge_terms, mixture_weights
+from .darts_genotype import EDGE_INPUTS, GENOTYPE_OPS, NUM_NODES, OPS, pairs
 
 STEMS = ("cifar", "imagenet")
 CIFAR_STEM_MULTIPLIER = 3
 EDGE_POS = {edge: pos for pos, edge in enumerate(EDGE_INPUTS)}
-LIVE_OPS = OPS[1:]
 
 
 def _bn(channels: int, affine: bool, track_stats: bool) -> nn.BatchNorm2d:
@@ -107,7 +108,7 @@ def make_op(name: str, channels: int, stride: int, affine: bool, track_stats: bo
         return SepConv(channels, kernel, stride, affine, track_stats)
     if kind == "dil_conv":
         return DilConv(channels, kernel, stride, affine, track_stats)
-    raise ValueError(f"unknown DARTS op {name!r}; allowed: {', '.join(OPS)}")
+    raise ValueError(f"unknown DARTS op {name!r}; allowed: {', '.join(GENOTYPE_OPS)}")
 
 
 def drop_path(x: torch.Tensor, prob: float) -> torch.Tensor:
@@ -195,7 +196,7 @@ class DiscreteCell(_Cell):
         self.pairs = tuple(cell_pairs)
         self.ops = nn.ModuleDict()
         for j, (_node, op, src) in enumerate(self.pairs):
-            module = make_op(OPS[op], self.channels, self.stride(src), affine=True, track_stats=True)
+            module = make_op(GENOTYPE_OPS[op], self.channels, self.stride(src), affine=True, track_stats=True)
             if module is not None:
                 self.ops[str(j)] = module
 
@@ -215,27 +216,38 @@ class DiscreteCell(_Cell):
 
 
 class SuperCell(_Cell):
-    """A supernet cell: each of the 14 edges holds the seven non-none ops, pooling followed by a BN."""
+    """A supernet cell: each of the 14 edges holds the non-none ops of ``ops`` (the names along a mixture's op
+    axis), pooling followed by a BN when ``pool_bn``."""
 
     def __init__(self, c_prev_prev: int, c_prev: int, channels: int, reduction: bool, reduction_prev: bool,
-                 affine: bool, track_stats: bool) -> None:
+                 affine: bool, track_stats: bool, ops: Sequence[str] = OPS, pool_bn: bool = True) -> None:
         super().__init__(c_prev_prev, c_prev, channels, reduction, reduction_prev, affine, track_stats)
+        self.ops = tuple(ops)
         self.edges = nn.ModuleList()
         for _node, src in EDGE_INPUTS:
             self.edges.append(nn.ModuleDict(
-                {name: make_op(name, self.channels, self.stride(src), affine, track_stats, pool_bn=True)
-                 for name in LIVE_OPS}))
+                {name: make_op(name, self.channels, self.stride(src), affine, track_stats, pool_bn=pool_bn)
+                 for name in self.ops if name != "none"}))
+
+    def edge_op(self, node: int, src: int, name: str) -> nn.Module:
+        """The module of op ``name`` on the edge from ``src`` to ``node``; ValueError when the edges lack it."""
+        edge = self.edges[EDGE_POS[(node, src)]]
+        if name not in edge:
+            raise ValueError(f"this DARTS supernet's edges hold {', '.join(edge)}; the architecture's op {name!r} "
+                             "is not one of them")
+        return edge[name]
 
     def forward_path(self, s0: torch.Tensor, s1: torch.Tensor, cell_pairs: Sequence[tuple[int, int, int]]):
         def terms(node: int, states: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [self.edges[EDGE_POS[(node, src)]][OPS[op]](states[src])
+            return [self.edge_op(node, src, GENOTYPE_OPS[op])(states[src])
                     for n, op, src in cell_pairs if n == node and op != 0]
 
         return self.run_nodes(s0, s1, terms)
 
     def forward_mixture(self, s0: torch.Tensor, s1: torch.Tensor, mixture: Mixture, cell_type: int) -> torch.Tensor:
         """Node = sum over its edges of the weighted ops of ``mixture[cell_type]`` (``none`` adds nothing; a hard
-        mixture runs one op per edge and may add GDAS's zero-valued scalars)."""
+        mixture runs one op per edge and may add GDAS's zero-valued scalars; a sample mixture weighs each
+        sample's output by its own weights and skips the ops it marks inactive)."""
         extras: dict[int, list[torch.Tensor]] = {}
 
         def terms(node: int, states: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -243,8 +255,9 @@ class SuperCell(_Cell):
             for src in range(2 + node):
                 pos = EDGE_POS[(node, src)]
                 edge = self.edges[pos]
-                edge_out, extra = edge_terms(mixture, (cell_type, pos),
-                                             lambda k, src=src, edge=edge: edge[OPS[k]](states[src]) if k else None)
+                edge_out, extra = edge_terms(
+                    mixture, (cell_type, pos),
+                    lambda k, src=src, edge=edge: None if self.ops[k] == "none" else edge[self.ops[k]](states[src]))
                 out += edge_out
                 if extra is not None:
                     extras.setdefault(node, []).append(extra)
@@ -360,12 +373,21 @@ class DartsNetwork(_Macro, Backbone):
 
 
 class DartsSupernet(_Macro, Supernet):
-    """The weight-sharing network: DARTS's search network with every op of every edge (RLNAS super_model)."""
+    """The weight-sharing network: DARTS's search network with every op of every edge (RLNAS super_model).
+
+    ``ops`` names the op axis of its mixtures: DARTS's ``OPS`` by default (RLNAS, DARTS, GDAS), UNAS's list
+    for UNAS (``pool_bn`` False as UNAS's MixedOp). A path (``arch=``) may use only ops its edges hold.
+    """
 
     def __init__(self, in_channels: int, channels: int, cells: int, stem: str, bn_affine: bool,
-                 bn_track_stats: bool) -> None:
+                 bn_track_stats: bool, ops: Sequence[str] = OPS, pool_bn: bool = True) -> None:
+        unknown = [name for name in ops if name not in GENOTYPE_OPS]
+        if unknown or len(set(ops)) != len(ops):
+            raise ValueError(f"supernet ops {list(ops)!r}: each must be one of {', '.join(GENOTYPE_OPS)}, once")
+        self.ops = tuple(ops)
         super().__init__(stem, in_channels, channels, cells,
-                         lambda *shape: SuperCell(*shape, affine=bn_affine, track_stats=bn_track_stats))
+                         lambda *shape: SuperCell(*shape, affine=bn_affine, track_stats=bn_track_stats, ops=ops,
+                                                  pool_bn=pool_bn))
 
     def forward(self, x: torch.Tensor, arch: SupernetPath | None = None,
                 mixture: Mixture | None = None) -> torch.Tensor:
@@ -374,9 +396,12 @@ class DartsSupernet(_Macro, Supernet):
         s0, s1 = self.stem(x)
         if mixture is not None:
             shape = tuple(mixture_weights(mixture).shape)
-            if shape != (2, len(EDGE_INPUTS), len(OPS)):
-                raise ValueError(f"mixture must have shape (2, {len(EDGE_INPUTS)}, {len(OPS)}) (cell type, edge, op), "
-                                 f"got {shape}")
+            per_sample = isinstance(mixture, SampleMixture)
+            if (shape[:2] + shape[-1:]) != (2, len(EDGE_INPUTS), len(self.ops)) or len(shape) != 3 + per_sample:
+                raise ValueError(f"mixture must have shape (2, {len(EDGE_INPUTS)}, {'batch, ' * per_sample}"
+                                 f"{len(self.ops)}) (cell type, edge, {'sample, ' * per_sample}op), got {shape}")
+            if per_sample:
+                mixture = mixture.for_batch(x.shape[0])
             for cell in self.cells:
                 s0, s1 = s1, cell.forward_mixture(s0, s1, mixture, int(cell.reduction))
             return s1

@@ -14,13 +14,21 @@ from .job import _read_optional, begin_job, write_summary
 
 
 def collect(kind: str, inputs: list[Path], out_file: Path) -> int:
-    """Tidy one table from the per-job files: stand-alone results, proxy scores, or search outcomes."""
-    from ..analysis import tables
+    """Tidy one table from the per-job files: stand-alone results, proxy scores, search outcomes, or the
+    differentiable searches (one row per search, or per search and epoch)."""
+    from ..analysis import differentiable, tables
 
     missing = [str(p) for p in inputs if not Path(p).is_file()]
     if missing:
         raise ConfigError(f"collect {kind}: missing input files {missing[:3]}")
-    frame = tables.search_outcomes(inputs) if kind == "search" else tables.concat(inputs)
+    if kind == "search":
+        frame = tables.search_outcomes(inputs)
+    elif kind == "differentiable":
+        frame = differentiable.search_table(inputs)
+    elif kind == "differentiable_epochs":
+        frame = differentiable.epochs_table(inputs)
+    else:
+        frame = tables.concat(inputs)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_file, frame.to_csv(index=False))
     return len(frame)
@@ -83,3 +91,32 @@ def figures(cfg: dict[str, Any], out_dir: Path, correlations_dir: Path, search_t
         return write_summary(out_dir, "figures", cfg, run, started, {"figures": len(paths)},
                              {"correlations": str(correlations_dir), "search": str(search_table)},
                              {"files": [str(p) for p in paths]})
+
+
+def figures_differentiable(cfg: dict[str, Any], out_dir: Path, table: Path, epochs: Path, tracking_info: dict | None,
+                           tags: dict[str, str]) -> dict[str, Any]:
+    """The differentiable searches' figures: alphas per edge over the epochs, the derived cells' accuracy,
+    the skip share (and, with a ground truth, the derived cell's truth) over the epochs."""
+    import pandas as pd
+
+    from ..analysis import differentiable as fig
+
+    started = time.time()
+    truth_metric = cfg["ground_truth"]["truth"]
+    searches = pd.read_csv(table)
+    per_epoch = pd.read_csv(epochs)
+    begin_job(out_dir)
+    with TrackedRun(cfg, "figures-differentiable", {"truth": truth_metric, **tags}, out_dir, tracking_info) as run:
+        paths = []
+        paths += fig.alpha_heatmaps(searches, out_dir)
+        paths += fig.derived_accuracy(searches, truth_metric, out_dir)
+        paths += fig.skip_share_over_epochs(per_epoch, out_dir)
+        paths += fig.truth_over_epochs(per_epoch, truth_metric, out_dir)
+        skip = fig.skip_share_summary(per_epoch)
+        atomic_write_text(out_dir / "skip_share.csv", skip.to_csv(index=False))
+        paths.append(out_dir / "skip_share.csv")
+        for path in paths:
+            run.log_artifact(path)
+        return write_summary(out_dir, "figures-differentiable", cfg, run, started,
+                             {"figures": sum(p.suffix == ".png" for p in paths), "searches": len(searches)},
+                             {"table": str(table), "epochs": str(epochs)}, {"files": [str(p) for p in paths]})

@@ -1,4 +1,7 @@
-"""A differentiable search (DARTS, GDAS) as one job: the bi-level loop, its alphas and derived cell per epoch."""
+"""A differentiable search (DARTS, GDAS, UNAS) as one job: the bi-level loop, its alphas and derived cell per epoch.
+
+A strategy with alphas other than one tensor of the space's ``mixture_shape`` (UNAS) provides ``build_supernet``,
+``derive_at`` and ``alpha_rows`` itself."""
 from __future__ import annotations
 
 import time
@@ -39,8 +42,8 @@ def search_differentiable(cfg: dict[str, Any], out_dir: Path, tracking_info: dic
     truth = _truth_lookup(cfg, space) if space.enumerable else None
     device = _setup(cfg)
     data, task = _data_and_task(cfg, device, "differentiable")
-    model = TaskModel(space.build_supernet(task.in_channels), task)
     strategy = build_strategy(space, dcfg, dcfg["training"]["epochs"], device)
+    model = TaskModel(getattr(strategy, "build_supernet", space.build_supernet)(task.in_channels), task)
     identity = {"stage": "search-differentiable", "space": cfg["space"], "task": cfg["task"], "dataset": cfg["dataset"],
                 "data": data.fingerprint, "seed": cfg["seed"], "differentiable": dcfg}
     checkpoint = load_checkpoint(out_dir / "checkpoint.pt", identity)
@@ -53,13 +56,15 @@ def search_differentiable(cfg: dict[str, Any], out_dir: Path, tracking_info: dic
     with TrackedRun(cfg, "search-differentiable", tags, out_dir, tracking_info) as run:
         def enrich(record: dict[str, Any]) -> dict[str, Any]:
             """The epoch's derived cell (from the alphas the checkpoint keeps per epoch) and its truth."""
-            arch = space.derive(strategy.alpha_trace[record["epoch"] - 1], rule)
+            arch = (strategy.derive_at(record["epoch"] - 1) if hasattr(strategy, "derive_at")
+                    else space.derive(strategy.alpha_trace[record["epoch"] - 1], rule))
             extra = {"skip_share": skip_share(space, arch), **(truth(arch) if truth else {})}
             del derived_rows[record["epoch"] - 1:]
             derived_rows.append({"epoch": record["epoch"], "index": space.to_index(arch), "arch": space.to_str(arch),
                                  **extra})
             write_table(out_dir / "derived.csv", derived_rows)
-            write_table(out_dir / "alphas.csv", _alpha_rows(strategy.alpha_trace, space.mixture_ops))
+            write_table(out_dir / "alphas.csv", strategy.alpha_rows() if hasattr(strategy, "alpha_rows")
+                        else _alpha_rows(strategy.alpha_trace, space.mixture_ops))
             run.set_tags({"derived_arch": space.to_str(arch)})
             return {**record, **extra}
 
