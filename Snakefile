@@ -26,6 +26,7 @@ wildcard_constraints:
     space="[A-Za-z0-9_]+",
     dataset="[A-Za-z0-9_]+",
     task="[a-z]+",
+    method="darts_v1|darts_v2|gdas|unas",
 
 
 rule all_figures:
@@ -42,3 +43,4 @@ include: "workflow/rules/search.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/groundtruth.smk"
+include: "workflow/rules/differentiable.smk"

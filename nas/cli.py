@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", type=Path, help="table from `nas collect --kind search`")
 
     p = stages.add_parser("figures-differentiable",
-                          help="the differentiable searches' figures (alphas, derived cells, skip share), logged to MLflow")
+                          help="the differentiable searches' figures (alphas, derived cells, skip share), "
+                               "logged to MLflow")
     _common(p)
     p.add_argument("--table", required=True, type=Path, help="table from `nas collect --kind differentiable`")
     p.add_argument("--epochs", required=True, type=Path, help="table from `nas collect --kind differentiable_epochs`")

@@ -95,12 +95,17 @@ def test_tiny_study_end_to_end(tmp_path, monkeypatch):
 def test_malformed_study_is_rejected_before_any_job(tmp_path, monkeypatch, change, message):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config = json.loads(json.dumps(dict(TINY_STUDY, results_dir=str(tmp_path / "results"))))
+    assert_refused_before_any_job(tmp_path, config, change, message)
+
+
+def assert_refused_before_any_job(tmp_path: Path, config: dict, change: dict, message: str) -> None:
+    """``config`` with each section of ``change`` updated fails to start, naming ``message``, before any job."""
     for section, values in change.items():
         config.setdefault(section, {}).update(values)
     with pytest.raises(Exception) as caught:
         run_workflow(tmp_path, config)
     assert message in str(caught.value)
-    assert not (tmp_path / "results" / "tiny" / "tracking.json").exists()
+    assert not (tmp_path / "results" / config["study"]["name"] / "tracking.json").exists()
 
 
 def test_default_and_paper_configs_plan(tmp_path, monkeypatch):

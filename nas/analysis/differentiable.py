@@ -81,12 +81,20 @@ def epochs_table(paths: Iterable[str | Path]) -> pd.DataFrame:
     return table[KEYS + [c for c in table.columns if c not in KEYS]].sort_values(KEYS + ["epoch"], ignore_index=True)
 
 
-def _edge_label(space: str, edge: str) -> str:
+def _edge_label(space: str, method: str, edge: str) -> str:
+    """nb201: node <- node; darts (DARTS's alphas, not UNAS's own parametrisation): cell type, node <- input, with
+    the cell's two inputs as 0 and 1 and its four nodes as 2-5."""
     if space == "nb201":
         from ..spaces.nb201 import EDGES
 
         to, source = EDGES[int(edge)]
         return f"edge {to}<-{source}"
+    if space == "darts" and method != "unas":
+        from ..spaces.darts_genotype import EDGE_INPUTS
+
+        cell, position = map(int, edge.split("."))
+        node, source = EDGE_INPUTS[position]
+        return f"{('normal', 'reduce')[cell]} {node + 2}<-{source}"
     return f"edge {edge}"
 
 
@@ -107,10 +115,10 @@ def alpha_heatmaps(table: pd.DataFrame, out_dir: Path) -> list[Path]:
             ax = axes[k // columns][k % columns]
             grid = alphas[alphas.edge == edge].pivot(index="op", columns="epoch", values="weight")
             grid = grid.reindex([op for op in dict.fromkeys(alphas.op) if op in grid.index])
-            image = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis", vmin=low, vmax=high, interpolation="nearest",
-                              extent=(grid.columns.min() - 0.5, grid.columns.max() + 0.5, len(grid) - 0.5, -0.5))
+            image = ax.imshow(grid.to_numpy(), aspect="auto", cmap="viridis", vmin=low, vmax=high,
+                              interpolation="nearest", extent=(grid.columns.min() - 0.5, grid.columns.max() + 0.5, len(grid) - 0.5, -0.5))
             ax.set_yticks(range(len(grid)), grid.index if k % columns == 0 else [], fontsize=6)
-            ax.set_title(_edge_label(search.space, edge), fontsize=7)
+            ax.set_title(_edge_label(search.space, search.method, edge), fontsize=7)
             ax.set_xlabel("epoch", fontsize=7)
             ax.tick_params(axis="x", labelsize=6)
         for k in range(len(edges), rows * columns):

@@ -1,6 +1,7 @@
 # Grid and path helpers shared by every rule file. Each job calls the `nas` CLI with the study's
 # resolved config plus the overrides its wildcards fix.
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -34,6 +35,9 @@ NUM_PROXY_SHARDS = math.ceil(config["sample"]["num_archs"] / STUDY["proxy_shard_
 SCORE_ALL = STUDY["score_archs"] == "all"
 SCORE_ARCHS = f"{RESULTS}/archs{'_all' if SCORE_ALL else ''}/{{space}}/archs.json"
 GROUND_TRUTH = config["ground_truth"]["source"] != "none"
+DIFF_METHODS = STUDY["differentiable_methods"]
+DIFF_TASKS = STUDY["differentiable_tasks"]
+RETRAIN_DERIVED = STUDY["retrain_derived"]
 from nas.spaces import SPACES as _SPACES, build_space as _build_space
 
 _no_supernet = [s for s in SPACES if not _SPACES.get(s).has_supernet]
@@ -55,24 +59,37 @@ else:
 NUM_SCORE_SHARDS = math.ceil(NUM_SCORED / STUDY["score_shard_size"])
 
 # ---- checks that must fail before any job starts ------------------------------------------------
-if not TASKS and not SUPERNET_TASKS and not ZERO_COST:
+if not TASKS and not SUPERNET_TASKS and not ZERO_COST and not DIFF_METHODS:
     raise WorkflowError(
-        "the study's grid is empty: config keys 'study.tasks' and 'study.supernet_tasks' are empty and "
-        "'study.zero_cost' is false, so no job would run"
+        "the study's grid is empty: config keys 'study.tasks', 'study.supernet_tasks' and "
+        "'study.differentiable_methods' are empty and 'study.zero_cost' is false, so no job would run"
+    )
+if bool(DIFF_METHODS) != bool(DIFF_TASKS):
+    _set, _empty = ("differentiable_methods", "differentiable_tasks") if DIFF_METHODS else (
+        "differentiable_tasks", "differentiable_methods")
+    raise WorkflowError(
+        f"config key 'study.{_empty}' is empty while 'study.{_set}' is {STUDY[_set]}: a differentiable search needs "
+        "a method and a task; set both, or neither"
     )
 if TASKS and REFERENCE not in TASKS:
     raise WorkflowError(f"config key 'study.reference_task': {REFERENCE!r} must be one of study.tasks {TASKS}")
-if not TASKS and not GROUND_TRUTH and not SUPERNET_TASKS:
+if ZERO_COST and not TASKS and not GROUND_TRUTH and not SUPERNET_TASKS:
     raise WorkflowError(
         "config key 'study.tasks' is empty and 'ground_truth.source' is 'none': with no stand-alone accuracy "
         "and no ground truth there is nothing to compare the proxies with"
     )
+# every task a job of the study trains on: stand-alone, supernet, differentiable search, retraining of its cell
+JOB_TASKS = sorted(
+    set(TASKS) | set(SUPERNET_TASKS) | set(DIFF_TASKS) | ({REFERENCE} if DIFF_METHODS and RETRAIN_DERIVED else set())
+)
 for _dataset in DATASETS:
-    for _task in sorted(set(TASKS) | set(SUPERNET_TASKS)):
+    for _task in JOB_TASKS:
         try:
             check_task_on_dataset(_task, _dataset)
         except ConfigError as err:
-            raise WorkflowError(f"config key 'study.tasks' or 'study.supernet_tasks': {err}")
+            raise WorkflowError(
+                f"config key 'study.tasks', 'study.supernet_tasks' or 'study.differentiable_tasks': {err}"
+            )
 
 
 def extra_overrides(task=None, dataset=None):
@@ -84,13 +101,29 @@ def extra_overrides(task=None, dataset=None):
 
 
 for _dataset in DATASETS:
-    for _task in sorted(set(TASKS) | set(SUPERNET_TASKS)):
+    for _task in JOB_TASKS:
         _words = extra_overrides(_task, _dataset)
         try:
             validate_job_config(apply_overrides(json.loads(json.dumps(config)), _words))
         except ConfigError as err:
             raise WorkflowError(
                 f"config key 'study.task_overrides' or 'study.dataset_overrides' ({_task} on {_dataset}): {err}"
+            )
+
+if DIFF_METHODS:
+    from nas.search.differentiable import check_differentiable
+
+    # each search's own config (its space, method, task and dataset overrides) must run: a method on a space it
+    # cannot search (unas off darts, any method on nb101) stops the study here
+    for _space, _method, _dataset, _task in itertools.product(SPACES, DIFF_METHODS, DATASETS, DIFF_TASKS):
+        _words = [f"space.name={_space}", f"differentiable.method={_method}", *extra_overrides(_task, _dataset)]
+        try:
+            _job = validate_job_config(apply_overrides(json.loads(json.dumps(config)), _words))
+            check_differentiable(_build_space(_job["space"]), _job["differentiable"])
+        except ConfigError as err:
+            raise WorkflowError(
+                f"config key 'study.differentiable_methods' ({_method!r} on space {_space!r}, task {_task!r}, "
+                f"dataset {_dataset!r}): {err}"
             )
 
 if GROUND_TRUTH and config["ground_truth"]["source"] in ("nb201", "table"):
@@ -149,14 +182,17 @@ def nas_command(stage, rule_name, **fixed):
 
 def final_targets():
     """What `all_figures` builds: the study figures when tasks train stand-alone, the ground-truth panel when one is
-    set; a study with neither (supernet tasks only) ends with the table of its retrained picks."""
+    set and something is scored against it; a supernet study with neither ends with the table of its retrained
+    picks; differentiable searches end with their own figures."""
     targets = []
     if TASKS:
         targets.append(f"{RESULTS}/figures/summary.json")
-    if GROUND_TRUTH:
+    if GROUND_TRUTH and (TASKS or SUPERNET_TASKS or ZERO_COST):
         targets.append(f"{RESULTS}/groundtruth/correlations/summary.json")
-    if not targets:  # a search study (RLNAS DARTS): supernet, search, and the retrained picks
+    if SUPERNET_TASKS and not targets:  # a search study (RLNAS DARTS): supernet, search, and the retrained picks
         targets.append(f"{RESULTS}/tables/search.csv")
+    if DIFF_METHODS:
+        targets.append(f"{RESULTS}/figures/differentiable/summary.json")
     return targets
 
 
