@@ -1,6 +1,7 @@
 """Training-step speed on NAS-Bench-201 (C=16, N=5, CIFAR-shaped batch): ``nas`` against xautodl, same run.
 
     python benchmarks/step_speed.py [--repeats 10] [--threads 2] [--batch-size 64] [--steps 3] [--device cpu]
+                                    [--benches supernet standalone gdas darts_v1]
 
 Compared, each on the same random uint8 batch (3x32x32, 10 classes), the same thread count and the same
 optimiser (SGD, Nesterov momentum 0.9, lr 0.025, weight decay 5e-4, gradient clipping at 5: the
@@ -18,7 +19,15 @@ defaults of ``nas`` and the settings of xautodl's NB201 search configs):
   runs, with nothing else (a worker of ours, ``convolutions_alone``). Its ratio is the most that any
   code around the convolutions could reach against xautodl on this machine, were BatchNorm, ReLU,
   the sums, the loss and the optimiser free.
-- GDAS and DARTS-V1 iterations: listed only; ``nas`` does not implement them.
+- GDAS and DARTS-V1 search iterations: one weight step (as above, through the mixture: GDAS's Gumbel
+  straight-through sample running one op per edge at tau 10, the first epoch's; DARTS-V1's softmax over
+  every op) on a train batch, then one architecture step (Adam, lr 3e-4, betas (0.5, 0.999), weight decay
+  1e-3) on a second batch, weights first as xautodl. Ours: ``Trainer._train_epoch`` with the strategy
+  ``nas.search.differentiable.build_strategy`` builds for ``nas search-differentiable`` (its search
+  batches augmented as its train batches). xautodl: ``get_cell_based_tiny_net(name='GDAS' | 'DARTS-V1')``
+  stepped as ``search_func`` of its ``exps/NAS-Bench-201-algos/{GDAS,DARTS-V1}.py`` (SGD over
+  ``get_weights()``, clipping over every parameter, the architecture step's backward through the whole
+  network), fed two ready normalised tensors.
 
 ``--device cuda`` runs both on the GPU (ours with its default bf16 autocast, xautodl in float32 as its
 scripts train), both under the deterministic kernels every ``nas`` GPU job uses, and synchronises the
@@ -54,12 +63,12 @@ from _common import (Row, host_speed, load_average, machine_line, markdown_table
 from nas.config import load_config
 from nas.data import DatasetInfo, ImageData
 from nas.devices import keep_freed_host_memory, use_deterministic_cuda_kernels
-from nas.search import METHODS
+from nas.search.differentiable import build_strategy
 from nas.spaces import Arch, SearchSpace, build_space
 from nas.spaces.nb201 import ACTIVATION_FORMAT
 from nas.tasks import build_task
 from nas.tasks.base import normalize
-from nas.train import TaskModel, Trainer
+from nas.train import ArchStrategy, TaskModel, Trainer
 
 BEST_CELL = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
 NUM_CLASSES = 10
@@ -75,24 +84,32 @@ def random_cifar_batch(batch_size: int, seed: int) -> tuple[torch.Tensor, torch.
     return images, labels
 
 
-def replicated_dataset(images: torch.Tensor, labels: torch.Tensor, copies: int) -> ImageData:
-    """A train split of ``copies`` copies of the batch, so one trainer epoch is ``copies`` steps on it."""
+def replicated_dataset(images: torch.Tensor, labels: torch.Tensor, copies: int,
+                       search: tuple[torch.Tensor, torch.Tensor] | None = None) -> ImageData:
+    """A train split of ``copies`` copies of the batch, so one trainer epoch is ``copies`` steps on it; with
+    ``search``, a search split of ``copies`` copies of that second batch (a differentiable search's
+    architecture steps read it). Normalisation statistics: those of the train batch."""
     stats = images.float().div(255.0)
+    train_images, train_labels = images.repeat(copies, 1, 1, 1), labels.repeat(copies)
+    empty = torch.zeros(0, dtype=torch.int64)
+    splits = {"train": torch.arange(len(train_images)), "valid": empty, "search": empty}
+    if search is not None:
+        search_images, search_labels = search[0].repeat(copies, 1, 1, 1), search[1].repeat(copies)
+        splits["search"] = torch.arange(len(search_images)) + len(train_images)
+        train_images, train_labels = torch.cat([train_images, search_images]), torch.cat([train_labels, search_labels])
     info = DatasetInfo(name="random-cifar", num_classes=NUM_CLASSES, channels=3, image_size=32,
-                       num_images=len(images) * copies,
+                       num_images=len(train_images),
                        mean=tuple(stats.mean(dim=(0, 2, 3)).tolist()), std=tuple(stats.std(dim=(0, 2, 3)).tolist()),
                        flip=True, crop_padding=4)  # CIFAR's augmentation rule
-    empty = torch.zeros(0, dtype=torch.int64)
-    return ImageData(images=images.repeat(copies, 1, 1, 1), labels=labels.repeat(copies), info=info,
-                     splits={"train": torch.arange(len(images) * copies), "valid": empty, "search": empty})
+    return ImageData(images=train_images, labels=train_labels, info=info, splits=splits)
 
 
 def our_epoch(model: TaskModel, data: ImageData, training: dict[str, Any], seed: int, workdir: Path,
               path_sampler: Callable[[random.Random], Arch] | None,
-              device: torch.device = torch.device("cpu")) -> Callable[[], None]:
+              device: torch.device = torch.device("cpu"), strategy: ArchStrategy | None = None) -> Callable[[], None]:
     """One call = one ``Trainer._train_epoch`` over ``data`` (the trainer's own step loop, nothing re-written)."""
     trainer = Trainer(model, data.to(device), training, device, workdir / "unused-checkpoint.pt", identity={},
-                      seed=seed, path_sampler=path_sampler, progress=False, label="bench")
+                      seed=seed, path_sampler=path_sampler, progress=False, label="bench", strategy=strategy)
     return synchronised(lambda: trainer._train_epoch(0), device)
 
 
@@ -117,6 +134,38 @@ def xautodl_steps(network: nn.Module, inputs: torch.Tensor, targets: torch.Tenso
             loss.backward()
             nn.utils.clip_grad_norm_(network.parameters(), training["grad_clip"])
             optimizer.step()
+
+    return synchronised(run, device)
+
+
+def xautodl_search_steps(network: nn.Module, base: tuple[torch.Tensor, torch.Tensor],
+                         arch: tuple[torch.Tensor, torch.Tensor], training: dict[str, Any], dcfg: dict[str, Any],
+                         steps: int, device: torch.device = torch.device("cpu")) -> Callable[[], None]:
+    """One call = ``steps`` iterations of ``search_func`` in xautodl's GDAS.py / DARTS-V1.py: a weight step on
+    ``base``, then an architecture step on ``arch``."""
+    network.to(device)
+    base_inputs, base_targets = (t.to(device) for t in base)
+    arch_inputs, arch_targets = (t.to(device) for t in arch)
+    # get_optim_scheduler(search_model.get_weights(), config) and the scripts' Adam over get_alphas()
+    w_optimizer = torch.optim.SGD(network.get_weights(), training["lr"], momentum=training["momentum"],
+                                  weight_decay=training["weight_decay"], nesterov=training["nesterov"])
+    a_optimizer = torch.optim.Adam(network.get_alphas(), lr=dcfg["arch_lr"], betas=tuple(dcfg["arch_betas"]),
+                                   weight_decay=dcfg["arch_weight_decay"])
+    if hasattr(network, "set_tau"):
+        network.set_tau(dcfg["tau_max"])  # the first epoch's: tau_max - (tau_max - tau_min) * 0 / (E - 1)
+    network.train()
+
+    def run() -> None:
+        for _ in range(steps):
+            w_optimizer.zero_grad()
+            _, logits = network(base_inputs)
+            F.cross_entropy(logits, base_targets).backward()
+            nn.utils.clip_grad_norm_(network.parameters(), training["grad_clip"])
+            w_optimizer.step()
+            a_optimizer.zero_grad()
+            _, logits = network(arch_inputs)
+            F.cross_entropy(logits, arch_targets).backward()
+            a_optimizer.step()
 
     return synchronised(run, device)
 
@@ -202,21 +251,36 @@ def convolutions_alone(model: nn.Module, inputs: torch.Tensor, steps: int,
 
 # ---- one contender per process ---------------------------------------------------------------------------
 ROLES = ("ours", "xautodl", "xautodl+kept")  # the last: xautodl in a process with nas's allocator setting
+SEARCH_BENCHES = {"gdas": "GDAS", "darts_v1": "DARTS-V1"}  # ours -> xautodl's model name
+BENCHES = {"supernet": "SPOS supernet weight step (uniform single path)",
+           "standalone": "stand-alone cell training step",
+           "gdas": "GDAS search iteration (weight step + architecture step)",
+           "darts_v1": "DARTS-V1 search iteration (weight step + architecture step)"}
 FLOOR_ROLE = "ours-convolutions"  # stand-alone only: our step's convolutions and nothing else
 
 
 def build_contender(role: str, bench: str, args: argparse.Namespace, workdir: Path) -> tuple[Callable[[], None], int]:
     """One call = ``--steps`` training steps of ``bench`` by ``role``; also the contender's parameter count."""
     device = torch.device(args.device)
+    search = bench in SEARCH_BENCHES
     cfg = load_config(None, [f"space.channels={args.channels}", f"space.cells_per_stage={args.cells}", "task.name=cls",
-                             f"supernet.batch_size={args.batch_size}", f"train.batch_size={args.batch_size}"])
+                             f"supernet.batch_size={args.batch_size}", f"train.batch_size={args.batch_size}",
+                             f"differentiable.training.batch_size={args.batch_size}",
+                             f"differentiable.method={bench if search else 'gdas'}"])
     space: SearchSpace = build_space(cfg["space"])
     images, labels = random_cifar_batch(args.batch_size, args.seed)
-    data = replicated_dataset(images, labels, args.steps)
-    training = cfg["supernet" if bench == "supernet" else "train"]
+    arch_batch = random_cifar_batch(args.batch_size, args.seed + 1) if search else None
+    data = replicated_dataset(images, labels, args.steps, search=arch_batch)
+    dcfg = cfg["differentiable"]
+    training = dcfg["training"] if search else cfg["supernet" if bench == "supernet" else "train"]
     torch.manual_seed(args.seed)
     if role in ("ours", FLOOR_ROLE):
         task = build_task(cfg["task"], data.info, args.seed)
+        if search:
+            model = TaskModel(space.build_supernet(task.in_channels), task)
+            strategy = build_strategy(space, dcfg, training["epochs"], device)
+            return (our_epoch(model, data, training, args.seed, workdir, None, device, strategy),
+                    count_params(model) + strategy.alphas.numel())
         if bench == "supernet":
             model = TaskModel(space.build_supernet(task.in_channels), task)
             return our_epoch(model, data, training, args.seed, workdir, space.sample, device), count_params(model)
@@ -227,14 +291,22 @@ def build_contender(role: str, bench: str, args: argparse.Namespace, workdir: Pa
         return our_epoch(model, data, training, args.seed, workdir, None, device), count_params(model)
     xautodl = load_xautodl()
     peer_inputs = normalize(images.float() / 255.0, data.info)
+    supernet_flags = {"affine": cfg["space"]["supernet"]["bn_affine"],
+                      "track_running_stats": cfg["space"]["supernet"]["bn_track_stats"]}
+    if search:
+        peer_net = xautodl.get_cell_based_tiny_net({
+            "name": SEARCH_BENCHES[bench], "C": args.channels, "N": args.cells, "max_nodes": 4,
+            "num_classes": NUM_CLASSES, "space": list(space.ops), **supernet_flags})
+        peer_arch = (normalize(arch_batch[0].float() / 255.0, data.info), arch_batch[1])
+        return (xautodl_search_steps(peer_net, (peer_inputs, labels), peer_arch, training, dcfg, args.steps, device),
+                count_params(peer_net))
     if bench == "standalone":
         peer_net = xautodl.get_cell_based_tiny_net({"name": "infer.tiny", "C": args.channels, "N": args.cells,
                                                     "arch_str": args.cell, "num_classes": NUM_CLASSES})
         return xautodl_steps(peer_net, peer_inputs, labels, training, args.steps, None, device), count_params(peer_net)
     peer_net = xautodl.get_cell_based_tiny_net({
         "name": "RANDOM", "C": args.channels, "N": args.cells, "max_nodes": 4, "num_classes": NUM_CLASSES,
-        "space": list(space.ops), "affine": cfg["space"]["supernet"]["bn_affine"],
-        "track_running_stats": cfg["space"]["supernet"]["bn_track_stats"]})
+        "space": list(space.ops), **supernet_flags})
     path_rng = random.Random(args.seed)  # the trainer's path RNG is seeded the same way: same paths
 
     def set_path() -> None:
@@ -309,6 +381,8 @@ def main() -> None:
     parser.add_argument("--cell", default=BEST_CELL, help="the stand-alone cell, as an NB201 string")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--benches", nargs="+", choices=list(BENCHES), default=list(BENCHES),
+                        help="which steps to time (default: all)")
     parser.add_argument("--worker", nargs=2, metavar=("ROLE", "BENCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -330,8 +404,8 @@ def main() -> None:
 
     rows: list[Row] = []
     notes: list[str] = []
-    for bench, label in (("supernet", "SPOS supernet weight step (uniform single path)"),
-                         ("standalone", "stand-alone cell training step")):
+    for bench in args.benches:
+        label = BENCHES[bench]
         with_floor = bench == "standalone" and args.device == "cpu"
         bench_roles = roles + [FLOOR_ROLE] if with_floor else roles
         result = measure(bench, bench_roles, args.repeats)
@@ -351,11 +425,6 @@ def main() -> None:
                                     judged=False))
         notes.append(f"{bench} parameters: ours {ours_params:,}, xautodl {result['xautodl'][1]:,}")
 
-    # gradient-based search iterations: compared only once nas has them
-    for method, label in (("gdas", "GDAS search iteration"), ("darts-v1", "DARTS-V1 search iteration")):
-        if method not in METHODS:
-            rows.append(Row(label, "not implemented in nas", "not measured", None, "n/a"))
-
     print(markdown_table(rows, "xautodl", TARGET_SPEEDUP))
     if args.device != "cpu":
         print("\nNo convolutions-alone row: it replays float32 convolutions, and our GPU step runs under bf16 autocast.")
@@ -365,6 +434,9 @@ def main() -> None:
     print("- ours = Trainer._train_epoch (includes batched crop/flip augmentation and normalisation), in a process "
           "set up as a nas job; xautodl = forward/backward/clip/SGD step on a ready normalised tensor, in a process "
           "with glibc's default allocator (the row after it: with ours).")
+    if any(bench in SEARCH_BENCHES for bench in args.benches):
+        print("- search iterations: one step = one weight step and one architecture step; ours also augments and "
+              "normalises the architecture step's batch; parameters include the 30 alphas on both sides.")
     print(f"Load average at the end: {load_average()}; host speed {host_speed():.0f} GFLOP/s (conv probe)")
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from nas.registry import ConfigError
 from nas.spaces import build_space
 from nas.spaces.cost import count_macs, count_params
+from nas.spaces.base import HardMixture
 from nas.spaces.nb201 import EDGES, OPS, AvgPool3x3
 from nas.tasks.base import LinearHead
 
@@ -413,3 +414,91 @@ def test_shared_node_relu_equals_one_relu_per_op(tiny_space_cfg, kind):
     used = 12 if kind == "supernet mixture" else 5  # ReLU-conv-BN ops per cell that the forward runs
     assert sorted(set(calls.values())) == [1]
     assert len(calls) == 6 * used + 2 * 2 + 1  # 6 cells, the two reduction blocks' convs, the last activation
+
+
+# ---- the mixture path against the plain weighted sum ---------------------------------------------------------
+def _mixture_cell(tiny_space_cfg, bn_affine: bool, bn_track_stats: bool, seed: int):
+    """The first cell of a tiny supernet in float64 (so that sums in another order agree to 1e-10), training mode."""
+    space = build_space(tiny_space_cfg(channels=4, bn_affine=bn_affine, bn_track_stats=bn_track_stats))
+    torch.manual_seed(seed)
+    cell = space.build_supernet(3).double().train().layers[0]
+    _randomize_bn(cell, seed)
+    x = torch.randn(3, 4, 6, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    return cell, x
+
+
+def _explicit_cell(cell, x: torch.Tensor, weights: torch.Tensor, ops_of_edge, extras: bool) -> torch.Tensor:
+    """node i = sum over its edges (and their listed ops k) of weights[edge, k] * op_k(node j), each op module called
+    whole; with ``extras`` each edge also adds its unlisted ops' weights as scalars (GDAS)."""
+    nodes = [x]
+    for node in (1, 2, 3):
+        total = torch.zeros_like(x)
+        for src in range(node):
+            pos = EDGES.index((node, src))
+            for k in ops_of_edge(pos):
+                if OPS[k] != "none":
+                    total = total + weights[pos, k] * cell.edges[pos][OPS[k]](nodes[src])
+            if extras:
+                total = total + sum(weights[pos, k] for k in range(len(OPS)) if k not in ops_of_edge(pos))
+        nodes.append(total)
+    return nodes[-1]
+
+
+def _run_and_grads(cell, x: torch.Tensor, weights: torch.Tensor, forward) -> list[torch.Tensor]:
+    """Output, gradients of input, op weights and every cell parameter, then the BN buffers the forward updated."""
+    x, weights = x.clone().requires_grad_(), weights.detach().clone().requires_grad_()
+    out = forward(cell, x, weights)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=out.dtype)
+    params = [p for p in cell.parameters()]
+    grads = torch.autograd.grad(out, [x, weights, *params], grad_out, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, [x, weights, *params])]
+    return [out.detach(), *grads, *[b.clone() for b in cell.buffers()]]
+
+
+@pytest.mark.parametrize("bn_affine,bn_track_stats", [(False, True), (True, False)])
+def test_soft_mixture_equals_the_weighted_sum_of_its_ops(tiny_space_cfg, bn_affine, bn_track_stats):
+    """The mixture path folds each ReLU-conv-BN op's weight into its BN; output, every gradient (input, op weights,
+    parameters) and the BN running statistics are those of sum_k w_k * op_k(node), ops called whole."""
+    import copy
+
+    cell, x = _mixture_cell(tiny_space_cfg, bn_affine, bn_track_stats, seed=3)
+    weights = torch.softmax(torch.randn(len(EDGES), len(OPS), dtype=torch.float64), dim=-1)
+    every_op = lambda pos: range(len(OPS))  # noqa: E731
+    reference = _run_and_grads(copy.deepcopy(cell), x, weights,
+                               lambda c, x, w: _explicit_cell(c, x, w, every_op, extras=False))
+    got = _run_and_grads(cell, x, weights, lambda c, x, w: c.forward_mixture(x, w))
+    assert len(got) == len(reference)
+    for g, r in zip(got, reference):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    none = OPS.index("none")
+    assert (reference[2][:, none] == 0).all()  # none adds nothing: its weight gets no gradient ...
+    assert (torch.cat([reference[2][:, :none], reference[2][:, none + 1:]], dim=1) != 0).all()  # ... every other does
+
+
+@pytest.mark.parametrize("grad_all", [True, False])
+def test_hard_mixture_runs_only_the_chosen_ops_and_grad_all_reaches_every_weight(tiny_space_cfg, grad_all):
+    """GDAS's mixture: only each edge's chosen op runs (hooks on the convolutions and pools count the calls); the
+    result and gradients equal w_chosen * op_chosen(node) plus, with grad_all, the other weights as scalars, so
+    that every weight gets a gradient; without it the unchosen weights get none."""
+    import copy
+
+    cell, x = _mixture_cell(tiny_space_cfg, False, True, seed=4)
+    chosen = [3, 2, 1, 4, 0, 3]  # 3x3, 1x1, skip, pool, none, 3x3
+    weights = torch.rand(len(EDGES), len(OPS), dtype=torch.float64) + 0.5
+    reference = _run_and_grads(copy.deepcopy(cell), x, weights,
+                               lambda c, x, w: _explicit_cell(c, x, w, lambda pos: [chosen[pos]], extras=grad_all))
+    calls: list[nn.Module] = []
+    watched = [m for m in cell.modules() if isinstance(m, (nn.Conv2d, AvgPool3x3))]
+    handles = [m.register_forward_hook(lambda m, i, o: calls.append(m)) for m in watched]
+    got = _run_and_grads(cell, x, weights, lambda c, x, w: c.forward_mixture(x, HardMixture(w, chosen, grad_all)))
+    for handle in handles:
+        handle.remove()
+    ran = [cell.edges[pos][OPS[k]] for pos, k in enumerate(chosen) if OPS[k] in ("nor_conv_1x1", "nor_conv_3x3")]
+    assert sorted(map(id, calls)) == sorted([id(op[1]) for op in ran] + [id(cell.edges[3]["avg_pool_3x3"])])
+    for g, r in zip(got, reference):
+        torch.testing.assert_close(g, r, rtol=1e-10, atol=1e-10)
+    unchosen = torch.ones(len(EDGES), len(OPS), dtype=torch.bool)
+    unchosen[range(len(EDGES)), chosen] = False
+    weight_grad = got[2]
+    assert (weight_grad[unchosen] != 0).all() if grad_all else (weight_grad[unchosen] == 0).all()
+    assert (weight_grad[~unchosen][[pos for pos, k in enumerate(chosen) if k != 0]] != 0).all()

@@ -61,17 +61,24 @@ Mixture = torch.Tensor | HardMixture | SampleMixture
 ``SampleMixture``."""
 
 
-def edge_terms(mixture: Mixture, position: tuple[int, ...],
-               run_op: Callable[[int], torch.Tensor | None]) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+def edge_terms(mixture: Mixture, position: tuple[int, ...], run_op: Callable[[int], torch.Tensor | None],
+               run_weighted: Callable[[int, torch.Tensor], torch.Tensor | None] | None = None
+               ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
     """One edge of a mixture: its weighted op outputs (``run_op(k)`` is op k's output, None for ``none``) and
-    a scalar for its node (GDAS's zero-valued terms), or None."""
+    a scalar for its node (GDAS's zero-valued terms), or None. ``run_weighted(k, w)``, where a space has it,
+    returns ``w * run_op(k)`` for a one-element weight ``w`` computed its own cheaper way (a weight folded
+    into the op's BatchNorm); sample mixtures weigh per input and always use ``run_op``."""
+    if run_weighted is None:
+        def run_weighted(k: int, weight: torch.Tensor) -> torch.Tensor | None:
+            out = run_op(k)
+            return None if out is None else weight * out
     if isinstance(mixture, HardMixture):
         row = mixture.weights[position]
         chosen = mixture.chosen
         for i in position:
             chosen = chosen[i]
-        out = run_op(chosen)
-        terms = [] if out is None else [row[chosen] * out]
+        out = run_weighted(chosen, row[chosen])
+        terms = [] if out is None else [out]
         return terms, (row.sum() - row[chosen]) if mixture.grad_all else None
     if isinstance(mixture, SampleMixture):
         rows = mixture.weights[position]
@@ -84,7 +91,7 @@ def edge_terms(mixture: Mixture, position: tuple[int, ...],
                 terms.append(rows[:, k].view(-1, *(1,) * (out.dim() - 1)) * out)
         return terms, None
     row = mixture[position]
-    return [row[k] * out for k in range(row.shape[-1]) if (out := run_op(k)) is not None], None
+    return [out for k in range(row.shape[-1]) if (out := run_weighted(k, row[k])) is not None], None
 
 
 def mixture_weights(mixture: Mixture) -> torch.Tensor:

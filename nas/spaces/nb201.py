@@ -148,26 +148,55 @@ class Cell(nn.Module):
         return nodes[-1]
 
     def forward_mixture(self, x: torch.Tensor, mixture: Mixture) -> torch.Tensor:
-        """Node = sum over its edges of the weighted ops (``none`` adds nothing; a hard mixture runs one op)."""
+        """Node = sum over its edges of the weighted ops (``none`` adds nothing; a hard mixture runs one op, and
+        GDAS's zero-valued scalars are added to the node's sum in place)."""
         nodes = [x]
         inputs = _NodeInputs(nodes)
         for node in range(1, NUM_NODES):
             total = _NodeSum()
             extras = []
             for src in range(node):
-                pos = _EDGE_POS[(node, src)]
+                ops = self.edges[_EDGE_POS[(node, src)]]
 
-                def run_op(k: int, pos: int = pos, src: int = src) -> torch.Tensor | None:
-                    return None if OPS[k] == "none" else inputs.apply(self.edges[pos][OPS[k]], src)[0]
+                def run_op(k: int, ops: nn.ModuleDict = ops, src: int = src) -> torch.Tensor | None:
+                    return None if OPS[k] == "none" else inputs.apply(ops[OPS[k]], src)[0]
 
-                terms, extra = edge_terms(mixture, (pos,), run_op)
+                def run_weighted(k: int, weight: torch.Tensor, ops: nn.ModuleDict = ops,
+                                 src: int = src) -> torch.Tensor | None:
+                    return None if OPS[k] == "none" else inputs.apply_weighted(ops[OPS[k]], src, weight)
+
+                terms, extra = edge_terms(mixture, (_EDGE_POS[(node, src)],), run_op, run_weighted)
                 for term in terms:
                     total.add(term, owned=True)
                 if extra is not None:
                     extras.append(extra)
-            value = total.result(like=x)
-            nodes.append(value + sum(extras) if extras else value)
+            nodes.append(total.result(like=x, shift=sum(extras) if extras else None))
         return nodes[-1]
+
+
+def scaled_batch_norm(bn: nn.BatchNorm2d, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``scale * bn(x)`` for a one-element ``scale``, as one BatchNorm whose affine weight and bias are scaled.
+
+    The same running statistics and, up to rounding, the same output and gradients as the product, without
+    the product's pass over the activation forward and its two backward (the input's gradient scaled, the
+    scale's gradient summed): the BN backward yields both. A mixture's ReLU-conv-BN terms use it; with it a
+    DARTS-V1 search iteration of the C=16 N=5 supernet (batch 64, 2 CPU threads) took 1.80 s against 2.01 s
+    (benchmarks/step_speed.py workers, interleaved). The running-statistics rules are those of
+    ``nn.BatchNorm2d.forward``.
+    """
+    # Contiguous, not expanded: PyTorch's channels-last CPU BatchNorm backward returns wrong input gradients
+    # for a stride-0 weight (torch 2.14: off by 1e17 at 8x4x5x5), right ones for a contiguous one.
+    weight = scale.expand(bn.num_features).contiguous() if bn.weight is None else bn.weight * scale
+    bias = None if bn.bias is None else bn.bias * scale
+    factor = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            factor = 1.0 / float(bn.num_batches_tracked)
+    stored = not bn.training or bn.track_running_stats  # statistics read or updated, as in the module
+    batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
+    return F.batch_norm(x, bn.running_mean if stored else None, bn.running_var if stored else None, weight, bias,
+                        batch_stats, factor, bn.eps)
 
 
 class _NodeInputs:
@@ -177,7 +206,8 @@ class _NodeInputs:
     rectified k times forward and masked k times backward, a full pass over the activation each time
     (0.25 ms forward at 64x16x32x32 on 2 cores, within a training step). Sharing it is exact: the ReLU is a function of the node alone, and its backward
     mask distributes over the sum of its consumers' gradients. An op whose ReLU module is watched by a
-    hook (NASWOT counts every ReLU module's activations) runs whole, so that each hook sees its call.
+    hook (NASWOT counts every ReLU module's activations) calls that module, so that each hook sees its
+    call; a mixture weight is folded into an op's BN only while no hook watches that BN module.
     """
 
     def __init__(self, nodes: list[torch.Tensor]) -> None:
@@ -186,12 +216,28 @@ class _NodeInputs:
 
     def apply(self, op: nn.Module, src: int) -> tuple[torch.Tensor, bool]:
         """``op(node src)`` and whether the result is a fresh tensor (not the node itself)."""
-        if isinstance(op, ReLUConvBN) and not (op[0]._forward_hooks or op[0]._forward_pre_hooks):
-            if src not in self.rectified:
-                self.rectified[src] = torch.relu(self.nodes[src])
+        if isinstance(op, ReLUConvBN) and not _hooked(op[0]):
             _, conv, bn = op
-            return bn(conv(self.rectified[src])), True
+            return bn(conv(self._rectified(src))), True
         return op(self.nodes[src]), not isinstance(op, nn.Identity)
+
+    def apply_weighted(self, op: nn.Module, src: int, weight: torch.Tensor) -> torch.Tensor:
+        """``weight * op(node src)`` for a one-element ``weight``, a fresh tensor; a ReLU-conv-BN op takes the
+        weight into its BN (``scaled_batch_norm``)."""
+        if isinstance(op, ReLUConvBN) and not _hooked(op[2]):
+            relu, conv, bn = op
+            rectified = relu(self.nodes[src]) if _hooked(relu) else self._rectified(src)
+            return scaled_batch_norm(bn, conv(rectified), weight)
+        return weight * self.apply(op, src)[0]
+
+    def _rectified(self, src: int) -> torch.Tensor:
+        if src not in self.rectified:
+            self.rectified[src] = torch.relu(self.nodes[src])
+        return self.rectified[src]
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 class _NodeSum:
@@ -219,9 +265,14 @@ class _NodeSum:
         else:
             self.value, self.owned = self.value + term, True
 
-    def result(self, like: torch.Tensor) -> torch.Tensor:
-        """The sum; zeros shaped ``like`` for a node whose every edge is ``none``."""
-        return self.value if self.value is not None else torch.zeros_like(like)
+    def result(self, like: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """The sum plus ``shift`` (a scalar; in place into a sum of its own); zeros shaped ``like`` plus ``shift``
+        for a node whose every edge is ``none``."""
+        if self.value is None:
+            self.value, self.owned = torch.zeros_like(like), True
+        if shift is None:
+            return self.value
+        return self.value.add_(shift) if self.owned else self.value + shift
 
 
 class _Macro(nn.Module):
