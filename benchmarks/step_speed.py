@@ -65,7 +65,7 @@ from nas.data import DatasetInfo, ImageData
 from nas.devices import keep_freed_host_memory, use_deterministic_cuda_kernels
 from nas.search.differentiable import build_strategy
 from nas.spaces import Arch, SearchSpace, build_space
-from nas.spaces.nb201 import ACTIVATION_FORMAT
+from nas.spaces.nb201_ops import ACTIVATION_FORMAT
 from nas.tasks import build_task
 from nas.tasks.base import normalize
 from nas.train import ArchStrategy, TaskModel, Trainer

@@ -17,7 +17,7 @@ from nas.data import ImageData
 from nas.devices import select_device
 from nas.proxies import PROXIES, ProxyInputs, score_network
 from nas.spaces import build_space
-from nas.spaces.nb201 import AvgPool3x3
+from nas.spaces.nb201_ops import AvgPool3x3
 from nas.tasks import build_task
 from nas.train import TaskModel, Trainer, load_checkpoint
 
@@ -109,7 +109,7 @@ def test_gpu_float32_gradients_match_the_cpu(cfg, tiny_space_cfg, random_images,
     """One training-mode backward pass, every parameter's gradient, GPU float32 against CPU float64.
 
     This found PyTorch's wrong channels-last CUDA backward of the padded average pool (see
-    nas.spaces.nb201.AvgPool3x3): its forward was right, single parameters' gradients were up to 80 % off.
+    nas.spaces.nb201_ops.AvgPool3x3): its forward was right, single parameters' gradients were up to 80 % off.
     """
     data = random_images()
     model = _trainer(cfg, tiny_space_cfg, data, torch.device("cpu"), name, supernet, False, tmp_path / "a.pt").model

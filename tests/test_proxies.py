@@ -157,7 +157,8 @@ ALL_CONVS = (3, 2, 3, 3, 2, 3)  # every edge a convolution, every node reachable
 
 
 def _cell_convs(net):
-    from nas.spaces.nb201 import Cell, ReLUConvBN
+    from nas.spaces.nb201 import Cell
+    from nas.spaces.nb201_ops import ReLUConvBN
 
     return [op for layer in net.layers if isinstance(layer, Cell) for edge in layer.edges for op in edge.values()
             if isinstance(op, ReLUConvBN)]
@@ -166,7 +167,7 @@ def _cell_convs(net):
 def test_zero_cost_network_is_built_as_zero_cost_nas_builds_it(cfg):
     from nas.proxies.scores import _without_batchnorm
     from nas.spaces import build_space
-    from nas.spaces.nb201 import ResidualReduction
+    from nas.spaces.nb201_ops import ResidualReduction
 
     space = build_space(cfg(["space.channels=4", "space.cells_per_stage=1"])["space"])
     for net, cell_affine in ((space.build_zero_cost_network(ALL_CONVS, 3), False), (space.build_network(ALL_CONVS, 3), True)):

@@ -12,7 +12,8 @@ from nas.registry import ConfigError
 from nas.spaces import build_space
 from nas.spaces.cost import count_macs, count_params
 from nas.spaces.base import HardMixture
-from nas.spaces.nb201 import EDGES, OPS, AvgPool3x3
+from nas.spaces.nb201 import EDGES, OPS
+from nas.spaces.nb201_ops import AvgPool3x3
 from nas.tasks.base import LinearHead
 
 RESNET_LIKE = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"

@@ -50,7 +50,7 @@ from torch import nn
 from ..registry import ConfigError
 from .base import Arch, ArchCost, Backbone, SearchSpace, Supernet
 from .cost import count_macs, count_params
-from .nb201 import ACTIVATION_FORMAT
+from .nb201_ops import ACTIVATION_FORMAT
 from .registry import SPACES
 
 OPS = ("conv3x3-bn-relu", "conv1x1-bn-relu", "maxpool3x3")
