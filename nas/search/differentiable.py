@@ -13,6 +13,7 @@ search-split batch before or after each weight step (``differentiable.step_order
 """
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -121,8 +122,27 @@ class Strategy:
                 "edge_entropy_mean": float(entropies.mean()), "edge_entropy_min": float(entropies.min())}
 
     # ---- result and checkpoint ---------------------------------------------------------------------------------
+    def build_supernet(self, in_channels: int) -> nn.Module:
+        """The supernet this search mixes: the space's own."""
+        return self.space.build_supernet(in_channels)
+
     def derive(self) -> Arch:
         return self.space.derive(self.alphas.detach(), self.rule)
+
+    def derive_at(self, epoch_index: int) -> Arch:
+        """The cell derived from the alphas kept after epoch ``epoch_index`` (0-based)."""
+        return self.space.derive(self.alpha_trace[epoch_index], self.rule)
+
+    def alpha_rows(self) -> list[dict[str, Any]]:
+        """Long form of the per-epoch alphas: epoch, edge position (``cell type.edge`` on darts), op, alpha, softmax."""
+        rows = []
+        for epoch, alphas in enumerate(self.alpha_trace, start=1):
+            weights = alphas.softmax(dim=-1)
+            for position in itertools.product(*map(range, alphas.shape[:-1])):
+                for op, name in enumerate(self.space.mixture_ops):
+                    rows.append({"epoch": epoch, "edge": ".".join(map(str, position)), "op": name,
+                                 "alpha": float(alphas[position][op]), "weight": float(weights[position][op])})
+        return rows
 
     def state_dict(self) -> dict[str, Any]:
         return {"alphas": self.alphas.detach().clone(), "optimizer": self.optimizer.state_dict(),

@@ -43,7 +43,7 @@ def search_differentiable(cfg: dict[str, Any], out_dir: Path, tracking_info: dic
     device = _setup(cfg)
     data, task = _data_and_task(cfg, device, "differentiable")
     strategy = build_strategy(space, dcfg, dcfg["training"]["epochs"], device)
-    model = TaskModel(getattr(strategy, "build_supernet", space.build_supernet)(task.in_channels), task)
+    model = TaskModel(strategy.build_supernet(task.in_channels), task)
     identity = {"stage": "search-differentiable", "space": cfg["space"], "task": cfg["task"], "dataset": cfg["dataset"],
                 "data": data.fingerprint, "seed": cfg["seed"], "differentiable": dcfg}
     checkpoint = load_checkpoint(out_dir / "checkpoint.pt", identity)
@@ -56,19 +56,18 @@ def search_differentiable(cfg: dict[str, Any], out_dir: Path, tracking_info: dic
     with TrackedRun(cfg, "search-differentiable", tags, out_dir, tracking_info) as run:
         def enrich(record: dict[str, Any]) -> dict[str, Any]:
             """The epoch's derived cell (from the alphas the checkpoint keeps per epoch) and its truth."""
-            arch = (strategy.derive_at(record["epoch"] - 1) if hasattr(strategy, "derive_at")
-                    else space.derive(strategy.alpha_trace[record["epoch"] - 1], rule))
+            arch = strategy.derive_at(record["epoch"] - 1)
             extra = {"skip_share": skip_share(space, arch), **(truth(arch) if truth else {})}
             del derived_rows[record["epoch"] - 1:]
             derived_rows.append({"epoch": record["epoch"], "index": space.to_index(arch), "arch": space.to_str(arch),
                                  **extra})
             write_table(out_dir / "derived.csv", derived_rows)
-            write_table(out_dir / "alphas.csv", strategy.alpha_rows() if hasattr(strategy, "alpha_rows")
-                        else _alpha_rows(strategy.alpha_trace, space.mixture_ops))
             run.set_tags({"derived_arch": space.to_str(arch)})
             return {**record, **extra}
 
         history = _resume_and_fit(trainer, run, out_dir / "metrics.csv", checkpoint, enrich)
+        # once, at the end: every epoch's alphas are in the checkpoint until then
+        write_table(out_dir / "alphas.csv", strategy.alpha_rows())
         best = strategy.derive()
         final = {k: v for k, v in (derived_rows[-1] if derived_rows else {}).items() if k.startswith("truth_")}
         last = history[-1] if history else {}
@@ -86,21 +85,3 @@ def search_differentiable(cfg: dict[str, Any], out_dir: Path, tracking_info: dic
                               "topk": str(out_dir / "topk.json"), "derived": str(out_dir / "derived.csv"),
                               "alphas": str(out_dir / "alphas.csv"), "metrics": str(out_dir / "metrics.csv")})
 
-
-def _alpha_rows(trace, op_names) -> list[dict[str, Any]]:
-    """Long form of the per-epoch alphas: epoch, edge position (cell type and edge for darts), op, alpha, softmax."""
-    rows = []
-    for epoch, alphas in enumerate(trace, start=1):
-        weights = alphas.softmax(dim=-1)
-        for position in _positions(alphas.shape[:-1]):
-            for op in range(alphas.shape[-1]):
-                rows.append({"epoch": epoch, "edge": ".".join(map(str, position)), "op": op_names[op],
-                             "alpha": float(alphas[position][op]), "weight": float(weights[position][op])})
-    return rows
-
-
-def _positions(shape) -> list[tuple[int, ...]]:
-    positions: list[tuple[int, ...]] = [()]
-    for size in shape:
-        positions = [p + (i,) for p in positions for i in range(size)]
-    return positions
